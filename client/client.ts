@@ -1,0 +1,101 @@
+/**
+ * The typed client library: containerd's API over gRPC on the daemon's unix socket, with the
+ * namespace sent as `containerd-namespace` and errors turned back into classified
+ * {@link TainerdError}s.
+ *
+ * @module
+ */
+
+import * as net from "node:net";
+import type { DescService } from "@bufbuild/protobuf";
+import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { Version } from "../api/gen/containerd/services/version/v1/version_pb.ts";
+import { Introspection } from "../api/gen/containerd/services/introspection/v1/introspection_pb.ts";
+import { Namespaces } from "../api/gen/containerd/services/namespaces/v1/namespace_pb.ts";
+import { Health } from "../api/gen/grpc/health/v1/health_pb.ts";
+import { LEASE_HEADER, NAMESPACE_HEADER } from "../server/context.ts";
+import { fromConnectError } from "../server/errors.ts";
+
+/** Options for {@link TainerdClient}. */
+export interface ClientOptions {
+  /** The daemon's unix socket. */
+  address: string;
+  /** The namespace sent with every call (none when empty). */
+  namespace?: string;
+  /** A lease id sent with every call. */
+  lease?: string;
+  /** Per-call timeout in milliseconds. */
+  timeoutMs?: number;
+}
+
+/** A connection to a tainerd (or containerd) daemon. */
+export class TainerdClient {
+  readonly address: string;
+  namespace: string;
+  lease?: string;
+  readonly #sessions: Http2SessionManager;
+  readonly #transport: Transport;
+  readonly #clients = new Map<DescService, unknown>();
+
+  constructor(opts: ClientOptions) {
+    this.address = opts.address;
+    this.namespace = opts.namespace ?? "";
+    this.lease = opts.lease;
+    const headers: Interceptor = (next) => async (req) => {
+      if (this.namespace && !req.header.has(NAMESPACE_HEADER)) {
+        req.header.set(NAMESPACE_HEADER, this.namespace);
+      }
+      if (this.lease && !req.header.has(LEASE_HEADER)) req.header.set(LEASE_HEADER, this.lease);
+      try {
+        return await next(req);
+      } catch (err) {
+        throw fromConnectError(err);
+      }
+    };
+    this.#sessions = new Http2SessionManager("http://localhost", { pingIntervalMs: 0 }, {
+      createConnection: () => net.connect(opts.address),
+    });
+    this.#transport = createGrpcTransport({
+      baseUrl: "http://localhost",
+      sessionManager: this.#sessions,
+      interceptors: [headers],
+      defaultTimeoutMs: opts.timeoutMs,
+    });
+  }
+
+  /** A typed client for any service of the API. */
+  service<S extends DescService>(service: S): Client<S> {
+    let c = this.#clients.get(service) as Client<S> | undefined;
+    if (!c) {
+      c = createClient(service, this.#transport);
+      this.#clients.set(service, c);
+    }
+    return c;
+  }
+
+  /** `containerd.services.version.v1.Version`. */
+  get version(): Client<typeof Version> {
+    return this.service(Version);
+  }
+
+  /** `containerd.services.introspection.v1.Introspection`. */
+  get introspection(): Client<typeof Introspection> {
+    return this.service(Introspection);
+  }
+
+  /** `containerd.services.namespaces.v1.Namespaces`. */
+  get namespaces(): Client<typeof Namespaces> {
+    return this.service(Namespaces);
+  }
+
+  /** `grpc.health.v1.Health`. */
+  get health(): Client<typeof Health> {
+    return this.service(Health);
+  }
+
+  /** Closes the connection. */
+  close(): void {
+    this.#sessions.abort();
+  }
+}

@@ -5,18 +5,13 @@
  */
 
 import { buildCli } from "./cli/cli.ts";
-import { TainerdError } from "./plugins/errdefs.ts";
 
 /** Runs the command line; errors print one clear line and exit non-zero. */
 export async function main(args: string[]): Promise<void> {
   try {
     await buildCli().parseAsync(args, { from: "user" });
   } catch (err) {
-    const message = err instanceof TainerdError
-      ? `${err.message} (${err.kind})`
-      : err instanceof Error
-      ? err.message
-      : String(err);
+    const message = err instanceof Error ? err.message : String(err);
     Deno.stderr.writeSync(new TextEncoder().encode(`tainerd: ${message}\n`));
     Deno.exit(1);
   }

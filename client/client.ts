@@ -17,6 +17,38 @@ import { Health } from "../api/gen/grpc/health/v1/health_pb.ts";
 import { LEASE_HEADER, NAMESPACE_HEADER } from "../server/context.ts";
 import { fromConnectError } from "../server/errors.ts";
 
+async function* classifyStream<T>(it: AsyncIterable<T>): AsyncIterable<T> {
+  try {
+    yield* it;
+  } catch (err) {
+    throw fromConnectError(err);
+  }
+}
+
+/**
+ * Wraps a Connect client so every failure is a classified TainerdError (Connect would wrap
+ * an interceptor's errors back into ConnectErrors).
+ */
+function classifyErrors<T extends object>(client: T): T {
+  const wrapped: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(client)) {
+    if (typeof fn !== "function") continue;
+    wrapped[name] = (...args: unknown[]) => {
+      const out = fn.apply(client, args);
+      if (out instanceof Promise) {
+        return out.catch((err) => {
+          throw fromConnectError(err);
+        });
+      }
+      if (out && typeof out === "object" && Symbol.asyncIterator in out) {
+        return classifyStream(out as AsyncIterable<unknown>);
+      }
+      return out;
+    };
+  }
+  return wrapped as T;
+}
+
 /** Options for {@link TainerdClient}. */
 export interface ClientOptions {
   /** The daemon's unix socket. */
@@ -47,11 +79,7 @@ export class TainerdClient {
         req.header.set(NAMESPACE_HEADER, this.namespace);
       }
       if (this.lease && !req.header.has(LEASE_HEADER)) req.header.set(LEASE_HEADER, this.lease);
-      try {
-        return await next(req);
-      } catch (err) {
-        throw fromConnectError(err);
-      }
+      return await next(req);
     };
     this.#sessions = new Http2SessionManager("http://localhost", { pingIntervalMs: 0 }, {
       createConnection: () => net.connect(opts.address),
@@ -68,7 +96,7 @@ export class TainerdClient {
   service<S extends DescService>(service: S): Client<S> {
     let c = this.#clients.get(service) as Client<S> | undefined;
     if (!c) {
-      c = createClient(service, this.#transport);
+      c = classifyErrors(createClient(service, this.#transport));
       this.#clients.set(service, c);
     }
     return c;

@@ -6,23 +6,15 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type ErrorKind, TainerdError } from "../plugins/errdefs.ts";
+import { KIND_TO_CODE as GRPC_CODES } from "../ttrpc/codes.ts";
 
-/** gRPC code of each error kind. */
-export const KIND_TO_CODE: Readonly<Record<ErrorKind, Code>> = {
-  NotFound: Code.NotFound,
-  AlreadyExists: Code.AlreadyExists,
-  InvalidArgument: Code.InvalidArgument,
-  FailedPrecondition: Code.FailedPrecondition,
-  Unavailable: Code.Unavailable,
-  NotImplemented: Code.Unimplemented,
-  Aborted: Code.Aborted,
-  OutOfRange: Code.OutOfRange,
-  Canceled: Code.Canceled,
-  DeadlineExceeded: Code.DeadlineExceeded,
-  PermissionDenied: Code.PermissionDenied,
-  ResourceExhausted: Code.ResourceExhausted,
-  Internal: Code.Internal,
-};
+/**
+ * gRPC code of each error kind: the one table, shared with the ttrpc edge
+ * (`ttrpc/codes.ts`), whose numbers are gRPC's and so Connect's.
+ */
+export const KIND_TO_CODE: Readonly<Record<ErrorKind, Code>> = GRPC_CODES as Readonly<
+  Record<ErrorKind, Code>
+>;
 
 /** Error kind of each gRPC code a client may receive. */
 export function kindOfCode(code: Code): ErrorKind {

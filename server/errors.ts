@@ -4,7 +4,7 @@
  * @module
  */
 
-import { Code, ConnectError } from "@connectrpc/connect";
+import { type Code, ConnectError } from "@connectrpc/connect";
 import { type ErrorKind, TainerdError } from "../plugins/errdefs.ts";
 import { KIND_TO_CODE as GRPC_CODES } from "../ttrpc/codes.ts";
 

@@ -46,8 +46,8 @@ Deno.test("classify() maps Deno's errors and hides nothing but the stack", () =>
 });
 
 Deno.test("fromConnectError() gives clients classified errors back", () => {
-  const back = fromConnectError(new ConnectError("Namespace \"x\" not found", Code.NotFound));
+  const back = fromConnectError(new ConnectError('Namespace "x" not found', Code.NotFound));
   assert.ok(back instanceof TainerdError);
   assert.equal(back.kind, "NotFound");
-  assert.equal(back.message, "Namespace \"x\" not found");
+  assert.equal(back.message, 'Namespace "x" not found');
 });

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Installs everything tainerd and its tests need on a fresh Debian 12 machine (as root):
+# Debian packages, Deno from the npm package `deno`, the code generators, and containerd's
+# protos (the reference the wire-compatibility test checks against).
+set -eu
+cd "$(dirname "$0")/.."
+
+DENO_VERSION=2.9.6
+export DEBIAN_FRONTEND=noninteractive
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh: run as root (it installs packages)" >&2
+  exit 1
+fi
+
+# Node.js and npm come with the machine image (Debian's own npm conflicts with it).
+if ! command -v npm >/dev/null; then
+  echo "setup.sh: npm is missing; install Node.js 20+ first" >&2
+  exit 1
+fi
+
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  ca-certificates curl git tar gzip zstd attr libarchive-tools \
+  runc containerd docker-registry skopeo umoci busybox-static \
+  containernetworking-plugins hyperfine tmux apache2-utils openssl util-linux >/dev/null
+
+if ! command -v deno >/dev/null || [ "$(deno --version | head -1 | cut -d' ' -f2)" != "$DENO_VERSION" ]; then
+  npm install -g --no-audit --no-fund "deno@$DENO_VERSION" >/dev/null
+fi
+
+# The system containerd is only wanted for its ctr client (and side-by-side benchmarks, which
+# start their own private instance): keep the packaged service from holding runc state.
+systemctl disable --now containerd >/dev/null 2>&1 || true
+
+npm ci --no-audit --no-fund --prefix tools >/dev/null
+deno install >/dev/null
+
+REF=${CONTAINERD_API_REF_DIR:-/var/cache/tainerd/containerd-ref}
+if [ ! -d "$REF/usr/share/gocode/src/github.com/containerd/containerd/api" ]; then
+  mkdir -p "$REF"
+  tmp=$(mktemp -d); chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -qq golang-github-containerd-containerd-dev)
+  dpkg -x "$tmp"/golang-github-containerd-containerd-dev_*.deb "$REF"
+  rm -rf "$tmp"
+fi
+echo "setup done: deno $(deno --version | head -1 | cut -d' ' -f2), runc $(runc --version | head -1 | cut -d' ' -f3), ctr $(ctr --version | cut -d' ' -f3)"

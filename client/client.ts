@@ -13,6 +13,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { Version } from "../api/gen/containerd/services/version/v1/version_pb.ts";
 import { Introspection } from "../api/gen/containerd/services/introspection/v1/introspection_pb.ts";
 import { Namespaces } from "../api/gen/containerd/services/namespaces/v1/namespace_pb.ts";
+import { Events } from "../api/gen/containerd/services/events/v1/events_pb.ts";
 import { Health } from "../api/gen/grpc/health/v1/health_pb.ts";
 import { LEASE_HEADER, NAMESPACE_HEADER } from "../server/context.ts";
 import { fromConnectError } from "../server/errors.ts";
@@ -115,6 +116,11 @@ export class TainerdClient {
   /** `containerd.services.namespaces.v1.Namespaces`. */
   get namespaces(): Client<typeof Namespaces> {
     return this.service(Namespaces);
+  }
+
+  /** `containerd.services.events.v1.Events`. */
+  get events(): Client<typeof Events> {
+    return this.service(Events);
   }
 
   /** `grpc.health.v1.Health`. */

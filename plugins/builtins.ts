@@ -7,6 +7,7 @@
 
 import type { Registration } from "./plugin.ts";
 import { exchangePlugin } from "./events/plugin.ts";
+import { eventsService } from "./events/service.ts";
 import { healthService } from "./healthcheck/plugin.ts";
 import { introspectionService } from "./introspection/plugin.ts";
 import { metadataPlugin } from "./metadata/plugin.ts";
@@ -19,6 +20,7 @@ export const BUILTINS: readonly Registration[] = [
   metadataPlugin,
   namespacesStorePlugin,
   namespacesService,
+  eventsService,
   versionService,
   introspectionService,
   healthService,

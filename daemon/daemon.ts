@@ -11,7 +11,8 @@ import { failedPrecondition, invalidArgument } from "../plugins/errdefs.ts";
 import { BUILTINS } from "../plugins/builtins.ts";
 import { PluginSet, type Registration } from "../plugins/plugin.ts";
 import { ApiServer } from "../server/server.ts";
-import { isGrpcService } from "../server/service.ts";
+import { isGrpcService, isTtrpcService } from "../server/service.ts";
+import { TtrpcServer } from "../ttrpc/server.ts";
 import { revisionOf, VERSION } from "../version.ts";
 
 /** Command-line overrides of the config, as containerd's flags. */
@@ -45,6 +46,8 @@ export class Daemon {
   readonly plugins: PluginSet;
   readonly log: Logger;
   #server?: ApiServer;
+  #ttrpc?: TtrpcServer;
+  #ttrpcDone?: Promise<void>;
   #lock?: Deno.FsFile;
   #stopping?: Promise<void>;
 
@@ -94,7 +97,21 @@ export class Daemon {
         services,
         log,
       });
+      const ttrpcAddress = ttrpcAddressOf(config);
+      const ttrpc = new TtrpcServer({
+        onError: (err) => log.warn(`ttrpc: ${err instanceof Error ? err.message : String(err)}`),
+      });
+      for (const p of plugins.getAll("io.containerd.grpc.v1").values()) {
+        if (isTtrpcService(p)) p.registerTtrpc(ttrpc);
+      }
+      await Deno.remove(ttrpcAddress).catch(() => {});
+      const listener = Deno.listen({ transport: "unix", path: ttrpcAddress });
+      await Deno.chmod(ttrpcAddress, 0o660);
+      daemon.#ttrpc = ttrpc;
+      daemon.#ttrpcDone = ttrpc.serve(listener);
     } catch (err) {
+      await daemon.#server?.close();
+      await daemon.#ttrpc?.close();
       await plugins.closeAll(log);
       lock.close();
       throw err;
@@ -114,12 +131,22 @@ export class Daemon {
         .get("healthcheck");
       health?.shutdown?.();
       await this.#server?.close();
+      const grace = new AbortController();
+      const timer = setTimeout(() => grace.abort(), 2000);
+      await this.#ttrpc?.shutdown(grace.signal);
+      clearTimeout(timer);
+      await this.#ttrpcDone?.catch(() => {});
       await this.plugins.closeAll(this.log);
       this.#lock?.close();
       this.log.info("tainerd stopped");
     })();
     return this.#stopping;
   }
+}
+
+/** The ttrpc socket shims talk to: `[ttrpc] address`, else `<grpc address>.ttrpc`. */
+export function ttrpcAddressOf(config: Config): string {
+  return config.ttrpc.address || `${config.grpc.address}.ttrpc`;
 }
 
 /** Takes an exclusive lock on `<root>/tainerd.lock`; FailedPrecondition if another holds it. */

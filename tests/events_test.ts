@@ -97,3 +97,45 @@ Deno.test("Events.Subscribe filters by topic, namespace and event fields; Publis
       c.close();
     }
   }));
+
+Deno.test("shims' events forwarded over the daemon's ttrpc socket reach subscribers", () =>
+  withDaemon(async (d) => {
+    const { TtrpcClient, createTtrpcClient } = await import("../ttrpc/mod.ts");
+    const { Events: TtrpcEvents } = await import(
+      "../api/gen/containerd/services/ttrpc/events/v1/events_pb.ts"
+    );
+    const c = d.client("default");
+    const abort = new AbortController();
+    const got: string[] = [];
+    const sub = (async () => {
+      try {
+        for await (
+          const e of c.events.subscribe({ filters: ['topic=="/tasks/exit"'] }, {
+            signal: abort.signal,
+          })
+        ) got.push(`${e.namespace} ${e.topic} ${e.event?.typeUrl}`);
+      } catch {
+        // Aborted.
+      }
+    })();
+    const tc = await TtrpcClient.connect(`${d.address}.ttrpc`);
+    try {
+      await delay(300);
+      const events = createTtrpcClient(TtrpcEvents, tc);
+      await events.forward({
+        envelope: {
+          namespace: "shimns",
+          topic: "/tasks/exit",
+          event: { typeUrl: "containerd.events.TaskExit", value: new Uint8Array() },
+        },
+      });
+      const deadline = Date.now() + 5000;
+      while (got.length < 1 && Date.now() < deadline) await delay(50);
+      assert.deepEqual(got, ["shimns /tasks/exit containerd.events.TaskExit"]);
+    } finally {
+      tc.close();
+      abort.abort();
+      await sub;
+      c.close();
+    }
+  }));

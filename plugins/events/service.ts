@@ -10,7 +10,8 @@ import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { create } from "@bufbuild/protobuf";
 import { EnvelopeSchema, Events } from "../../api/gen/containerd/services/events/v1/events_pb.ts";
 import { namespaceRequired } from "../../server/context.ts";
-import type { GrpcService } from "../../server/service.ts";
+import type { GrpcService, TtrpcService } from "../../server/service.ts";
+import { Events as TtrpcEvents } from "../../api/gen/containerd/services/ttrpc/events/v1/events_pb.ts";
 import { invalidArgument } from "../errdefs.ts";
 import { absent, parseAll, present } from "../filters/mod.ts";
 import { PluginType, type Registration } from "../plugin.ts";
@@ -32,13 +33,29 @@ export function envelopeAdaptor(e: Envelope) {
 }
 
 /** `io.containerd.grpc.v1.events`. */
-export const eventsService: Registration<GrpcService> = {
+export const eventsService: Registration<GrpcService & TtrpcService> = {
   type: PluginType.GRPC,
   id: "events",
   requires: [PluginType.Event],
   init: (ic) => {
     const exchange = ic.get(exchangePlugin);
     return {
+      registerTtrpc(server) {
+        // Shims forward their task events here, enveloped (containerd's ttrpc Events).
+        server.register(TtrpcEvents, {
+          forward: (req) => {
+            const e = req.envelope;
+            if (!e || !e.event) throw invalidArgument("Cannot forward an empty envelope");
+            exchange.forward({
+              timestamp: e.timestamp ? timestampDate(e.timestamp) : new Date(),
+              namespace: e.namespace,
+              topic: e.topic,
+              event: { typeUrl: e.event.typeUrl, value: e.event.value },
+            });
+            return {};
+          },
+        });
+      },
       register(router) {
         router.service(Events, {
           publish: (req, ctx) => {

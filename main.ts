@@ -5,6 +5,7 @@
  */
 
 import { buildCli } from "./cli/cli.ts";
+import { shimArgs } from "./shim/dispatch.ts";
 
 /** Runs the command line; errors print one clear line and exit non-zero. */
 export async function main(args: string[]): Promise<void> {
@@ -17,4 +18,8 @@ export async function main(args: string[]): Promise<void> {
   }
 }
 
-if (import.meta.main) await main(Deno.args);
+if (import.meta.main) {
+  const shim = shimArgs(Deno.args);
+  if (shim !== null) await (await import("./shim/main.ts")).runShim(shim);
+  else await main(Deno.args);
+}

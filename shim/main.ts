@@ -1,0 +1,531 @@
+/**
+ * The shim mode of tainerd, following containerd's shim v2 command-line contract
+ * (`runtime/v2/shim/shim.go`) with io.containerd.runc.v2 semantics:
+ *
+ * ```
+ * tainerd shim -namespace NS -address DAEMON_SOCK -publish-binary BIN -id ID
+ *              [-bundle DIR] [-socket PATH] [-debug] [start|delete]
+ * ```
+ *
+ * Flags are Go-style: one or two dashes, `-flag value` or `-flag=value`; parsing stops at the
+ * first argument that is not a flag (the action). The environment gives `TTRPC_ADDRESS` (the
+ * daemon's ttrpc socket, for events) and optionally `TAINERD_STATE_DIR` (default
+ * `/run/tainerd`). The bundle is `-bundle`, else the working directory.
+ *
+ * - `start`: computes the socket address `unix://<state>/s/<sha256(address/ns/id)>`, spawns the
+ *   long-lived shim (this same program, with `-socket`) detached in its own session with the
+ *   bundle as working directory, waits until the socket answers, writes the bundle's `address`
+ *   file and prints the address on stdout. If a live shim already listens there, its address
+ *   is reused. Runtime options (`containerd.runc.v1.Options` in an `Any`) may come on stdin;
+ *   `shim_cgroup` is honoured.
+ * - `delete`: cleans up after a dead shim: `runc delete --force ID`, unmounts `<bundle>/rootfs`,
+ *   removes a dead socket, and prints a protobuf `containerd.task.v2.DeleteResponse`
+ *   (`exit_status` 137 = 128 + SIGKILL, `exited_at` now, `pid` from `init.pid`).
+ * - no action: serves `containerd.task.v2.Task` over ttrpc on `-socket` as a child subreaper,
+ *   logging to the bundle's `log` (FIFO or file) when present, until `Shutdown` finds no task
+ *   left or SIGTERM/SIGINT arrives.
+ *
+ * @module
+ */
+
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { AnySchema, timestampNow } from "@bufbuild/protobuf/wkt";
+import { OptionsSchema } from "../api/gen/containerd/runtime/v2/runc/options/oci_pb.ts";
+import { DeleteResponseSchema, Task } from "../api/gen/containerd/runtime/v2/task/shim_pb.ts";
+import { Logger, type LogSink } from "../log.ts";
+import { invalidArgument, TainerdError, unavailable } from "../plugins/errdefs.ts";
+import {
+  isErrno,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDWR,
+  O_WRONLY,
+  open as openFd,
+  setChildSubreaper,
+  setsid,
+  SIGNALS,
+  write as writeFd,
+} from "../sys/libc.ts";
+import { unmountAll } from "../sys/mount.ts";
+import { TtrpcServer } from "../ttrpc/server.ts";
+import { VERSION } from "../version.ts";
+import {
+  canConnect,
+  readAddress,
+  removeSocket,
+  socketAddress,
+  socketPath,
+  stateDir,
+  TTRPC_ADDRESS_ENV,
+  writeAddress,
+} from "./address.ts";
+import { readBundleOptions, runcFor } from "./container.ts";
+import { EventPublisher } from "./publisher.ts";
+import { Reaper } from "./reaper.ts";
+import { readPidFile } from "./runc.ts";
+import { TaskService } from "./service.ts";
+
+/** The shim's parsed command line. */
+export interface ShimFlags {
+  namespace: string;
+  address: string;
+  publishBinary: string;
+  id: string;
+  bundle: string;
+  socket: string;
+  debug: boolean;
+  version: boolean;
+  /** `start`, `delete`, or empty for the long-lived server. */
+  action: string;
+}
+
+const STRING_FLAGS: Record<string, keyof ShimFlags> = {
+  namespace: "namespace",
+  address: "address",
+  "publish-binary": "publishBinary",
+  id: "id",
+  bundle: "bundle",
+  socket: "socket",
+};
+const BOOL_FLAGS: Record<string, keyof ShimFlags> = { debug: "debug", v: "version" };
+
+/**
+ * Parses the shim's flags the way Go's `flag` package does.
+ *
+ * @throws {TainerdError} InvalidArgument for an unknown flag, a missing value or an unknown
+ * action
+ */
+export function parseShimFlags(args: readonly string[]): ShimFlags {
+  const flags: ShimFlags = {
+    namespace: "",
+    address: "",
+    publishBinary: "",
+    id: "",
+    bundle: "",
+    socket: "",
+    debug: false,
+    version: false,
+    action: "",
+  };
+  let i = 0;
+  for (; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") {
+      i++;
+      break;
+    }
+    if (!arg.startsWith("-") || arg === "-") break;
+    const body = arg.replace(/^--?/, "");
+    const eq = body.indexOf("=");
+    const name = eq < 0 ? body : body.slice(0, eq);
+    const inline = eq < 0 ? undefined : body.slice(eq + 1);
+    if (name in BOOL_FLAGS) {
+      let value = true;
+      if (inline !== undefined) {
+        if (!/^(1|0|t|f|true|false|TRUE|FALSE|True|False)$/.test(inline)) {
+          throw invalidArgument(`Invalid boolean value "${inline}" for flag -${name}`);
+        }
+        value = /^(1|t|true)$/i.test(inline);
+      }
+      (flags as unknown as Record<string, unknown>)[BOOL_FLAGS[name]] = value;
+    } else if (name in STRING_FLAGS) {
+      let value = inline;
+      if (value === undefined) {
+        if (i + 1 >= args.length) throw invalidArgument(`Flag needs an argument: -${name}`);
+        value = args[++i];
+      }
+      (flags as unknown as Record<string, unknown>)[STRING_FLAGS[name]] = value;
+    } else {
+      throw invalidArgument(`Flag provided but not defined: -${name}`);
+    }
+  }
+  flags.action = args[i] ?? "";
+  if (flags.action !== "" && flags.action !== "start" && flags.action !== "delete") {
+    throw invalidArgument(`Unknown shim action "${flags.action}": expected start or delete`);
+  }
+  return flags;
+}
+
+const encoder = new TextEncoder();
+
+function writeAllSync(file: { writeSync(p: Uint8Array): number }, data: Uint8Array): void {
+  for (let off = 0; off < data.length;) off += file.writeSync(data.subarray(off));
+}
+
+/**
+ * The command that re-executes this program: the compiled binary itself, or
+ * `deno run -A [--config <deno.json>] <main module>`.
+ */
+export function selfCommand(): { command: string; args: string[] } {
+  if (Deno.build.standalone) return { command: Deno.execPath(), args: [] };
+  const main = Deno.mainModule;
+  const args = ["run", "-A"];
+  if (main.startsWith("file:")) {
+    let dir = new URL(".", main).pathname.replace(/\/$/, "");
+    while (dir !== "") {
+      const found = ["deno.json", "deno.jsonc"].find((name) => {
+        try {
+          return Deno.statSync(`${dir}/${name}`).isFile;
+        } catch {
+          return false;
+        }
+      });
+      if (found) {
+        args.push("--config", `${dir}/${found}`);
+        break;
+      }
+      dir = dir.slice(0, dir.lastIndexOf("/"));
+    }
+  }
+  args.push(main);
+  return { command: Deno.execPath(), args };
+}
+
+/** How long `start` waits for the new shim to answer on its socket. */
+const START_TIMEOUT_MS = 20_000;
+
+/** Reads runtime options from stdin (as containerd passes them to `start`), if any. */
+async function readStartOptions(): Promise<Uint8Array> {
+  if (Deno.stdin.isTerminal()) return new Uint8Array();
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of Deno.stdin.readable) chunks.push(chunk);
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return out;
+}
+
+/** Moves `pid` into the cgroup `path` (v2 unified, else every v1 hierarchy that has it). */
+async function joinCgroup(path: string, pid: number, log: Logger): Promise<void> {
+  const rel = path.replace(/^\/+/, "");
+  const candidates: string[] = [];
+  try {
+    const info = await Deno.stat("/sys/fs/cgroup/cgroup.controllers");
+    if (info.isFile) candidates.push(`/sys/fs/cgroup/${rel}`);
+  } catch {
+    for await (const e of Deno.readDir("/sys/fs/cgroup")) {
+      if (e.isDirectory) candidates.push(`/sys/fs/cgroup/${e.name}/${rel}`);
+    }
+  }
+  let joined = 0;
+  for (const dir of candidates) {
+    try {
+      await Deno.writeTextFile(`${dir}/cgroup.procs`, `${pid}\n`);
+      joined++;
+    } catch {
+      // hierarchy without that cgroup
+    }
+  }
+  if (joined === 0) {
+    throw invalidArgument(`Cannot move the shim into cgroup "${path}": no such cgroup`);
+  }
+  log.debug("shim moved into its cgroup", { cgroup: path, hierarchies: joined });
+}
+
+/** `start`: spawns the long-lived shim and returns its address. */
+export async function startShim(flags: ShimFlags, log: Logger): Promise<string> {
+  if (flags.id === "") throw invalidArgument("The shim needs a task id (-id)");
+  const bundle = flags.bundle || Deno.cwd();
+  const optionsAny = await readStartOptions();
+  let shimCgroup = "";
+  if (optionsAny.length > 0) {
+    const any = fromBinary(AnySchema, optionsAny);
+    if (any.typeUrl.endsWith(OptionsSchema.typeName)) {
+      shimCgroup = fromBinary(OptionsSchema, any.value).shimCgroup;
+    }
+  }
+  // TODO(grouping): use the io.containerd.runc.v2.group / io.kubernetes.cri.sandbox-id
+  // annotation of config.json instead of the id, so that one shim serves the group.
+  const grouping = flags.id;
+  const address = socketAddress(flags.address, flags.namespace, grouping);
+  const path = socketPath(address);
+  await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true, mode: 0o711 });
+  try {
+    await Deno.lstat(path);
+    if (await canConnect(address)) {
+      await writeAddress(bundle, address);
+      return address;
+    }
+    await removeSocket(address);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+
+  const self = selfCommand();
+  const args = [
+    ...self.args,
+    "shim",
+    "-namespace",
+    flags.namespace,
+    "-id",
+    flags.id,
+    "-address",
+    flags.address,
+    "-publish-binary",
+    flags.publishBinary,
+    "-bundle",
+    bundle,
+    "-socket",
+    path,
+  ];
+  if (flags.debug) args.push("-debug");
+  const child = new Deno.Command(self.command, {
+    args,
+    cwd: bundle,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    detached: true,
+  }).spawn();
+  const chunks: Uint8Array[] = [];
+  const reader = child.stderr.getReader();
+  const collecting = (async () => {
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return;
+        chunks.push(value);
+      }
+    } catch {
+      // cancelled
+    }
+  })();
+  let exited: Deno.CommandStatus | null = null;
+  child.status.then((s) => exited = s);
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  try {
+    for (;;) {
+      if (await canConnect(address)) break;
+      if (exited !== null) {
+        await collecting;
+        const decoder = new TextDecoder();
+        const text = chunks.map((c) => decoder.decode(c, { stream: true })).join("").trim();
+        throw unavailable(
+          `The shim exited with status ${(exited as Deno.CommandStatus).code} before serving` +
+            (text ? `: ${text.split("\n").slice(-5).join("; ")}` : ""),
+        );
+      }
+      if (Date.now() > deadline) {
+        throw new TainerdError(
+          "DeadlineExceeded",
+          `The shim did not answer on ${path} within ${START_TIMEOUT_MS / 1000}s`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    if (shimCgroup !== "") await joinCgroup(shimCgroup, child.pid, log);
+    await writeAddress(bundle, address);
+  } catch (err) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    await removeSocket(address).catch(() => {});
+    throw err;
+  } finally {
+    await reader.cancel().catch(() => {});
+    child.unref();
+  }
+  return address;
+}
+
+/** `delete`: cleans up a dead shim's bundle and returns the encoded DeleteResponse. */
+export async function deleteShim(flags: ShimFlags, log: Logger): Promise<Uint8Array> {
+  if (flags.id === "") throw invalidArgument("The shim needs a task id (-id)");
+  const bundle = flags.bundle || Deno.cwd();
+  const options = await readBundleOptions(bundle);
+  const runc = runcFor(bundle, flags.namespace, options, stateDir());
+  try {
+    await runc.delete(flags.id, { force: true });
+  } catch (err) {
+    log.warn("failed to remove runc container", { id: flags.id, error: `${err}` });
+  }
+  try {
+    await unmountAll(`${bundle}/rootfs`);
+  } catch (err) {
+    log.warn("failed to cleanup rootfs mount", { error: `${err}` });
+  }
+  let pid = 0;
+  try {
+    pid = await readPidFile(`${bundle}/init.pid`);
+  } catch (err) {
+    log.warn("failed to read init pid file", { error: `${err}` });
+  }
+  try {
+    const address = await readAddress(bundle);
+    if (address !== null && !await canConnect(address)) await removeSocket(address);
+  } catch (err) {
+    log.warn("failed to remove the shim socket", { error: `${err}` });
+  }
+  return toBinary(
+    DeleteResponseSchema,
+    create(DeleteResponseSchema, {
+      pid,
+      exitStatus: 128 + SIGNALS.SIGKILL,
+      exitedAt: timestampNow(),
+    }),
+  );
+}
+
+/** A log sink writing to the bundle's `log` (a FIFO the daemon reads, or a file), if present. */
+function bundleLogSink(bundle: string): LogSink | null {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(`${bundle}/log`);
+  } catch {
+    return null;
+  }
+  if (info.isFifo) {
+    let fd: number;
+    try {
+      fd = openFd(`${bundle}/log`, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    } catch (err) {
+      if (!isErrno(err, "ENXIO")) return null;
+      // nobody reads yet: keep a read end too, so lines wait in the pipe for the daemon
+      fd = openFd(`${bundle}/log`, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    }
+    return (line) => {
+      try {
+        writeFd(fd, encoder.encode(line + "\n"));
+      } catch {
+        // full or gone: drop the line rather than block the shim
+      }
+    };
+  }
+  try {
+    const file = Deno.openSync(`${bundle}/log`, { append: true });
+    return (line) => {
+      try {
+        writeAllSync(file, encoder.encode(line + "\n"));
+      } catch { /* disk full */ }
+    };
+  } catch {
+    return null;
+  }
+}
+
+/** The long-lived shim: serves the Task API until shut down. */
+export async function serveShim(flags: ShimFlags, log: Logger): Promise<void> {
+  const bundle = flags.bundle || Deno.cwd();
+  try {
+    setsid();
+  } catch (err) {
+    if (!isErrno(err, "EPERM")) throw err; // already a session or group leader
+  }
+  setChildSubreaper(true);
+  const address = flags.socket !== ""
+    ? `unix://${flags.socket}`
+    : socketAddress(flags.address, flags.namespace, flags.id);
+  const path = socketPath(address);
+
+  const publisher = new EventPublisher({
+    address: Deno.env.get(TTRPC_ADDRESS_ENV) ?? "",
+    namespace: flags.namespace,
+    log,
+  });
+  const reaper = new Reaper(log);
+  reaper.startSweeping();
+  let requestShutdown!: () => void;
+  const shutdownRequested = new Promise<void>((resolve) => requestShutdown = resolve);
+  const service = new TaskService({
+    namespace: flags.namespace,
+    stateDir: stateDir(),
+    publisher,
+    reaper,
+    log,
+    onShutdown: () => requestShutdown(),
+  });
+  const server = new TtrpcServer({
+    onError: (err) => log.warn("ttrpc server error", { error: `${err}` }),
+  });
+  server.register(Task, service.handlers());
+
+  await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true, mode: 0o711 });
+  let listener: Deno.Listener;
+  try {
+    listener = Deno.listen({ transport: "unix", path });
+  } catch (err) {
+    if (!(err instanceof Deno.errors.AddrInUse) || await canConnect(address)) throw err;
+    await removeSocket(address);
+    listener = Deno.listen({ transport: "unix", path });
+  }
+  await Deno.chmod(path, 0o600);
+
+  for (const sig of ["SIGTERM", "SIGINT"] as const) {
+    Deno.addSignalListener(sig, () => {
+      log.info("caught exit signal", { signal: sig });
+      requestShutdown();
+    });
+  }
+  // A stray error must not take the containers' shim down.
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    log.error("unhandled rejection", { error: `${e.reason}` });
+  });
+  globalThis.addEventListener("error", (e) => {
+    e.preventDefault();
+    log.error("uncaught exception", { error: `${e.error ?? e.message}` });
+  });
+
+  log.info("shim serving", { socket: path, pid: Deno.pid, bundle });
+  const serving = server.serve(listener);
+  await shutdownRequested;
+  log.info("shim shutting down", { tasks: service.size });
+  reaper.stopSweeping();
+  // let the Shutdown call (or any other in flight) answer first
+  await server.shutdown(AbortSignal.timeout(2000));
+  await serving.catch(() => {});
+  await removeSocket(address).catch(() => {});
+  await publisher.close(5000);
+}
+
+/**
+ * Runs the shim with its own arguments (after `shim`); never returns normally: the process
+ * exits with 0, or 1 after printing `tainerd-shim: <error>` on stderr.
+ */
+export async function runShim(args: string[]): Promise<never> {
+  let flags: ShimFlags;
+  let log = new Logger("info", { runtime: "io.containerd.runc.v2" });
+  let serving = false;
+  try {
+    flags = parseShimFlags(args);
+    if (flags.version) {
+      writeAllSync(Deno.stdout, encoder.encode(`tainerd-shim:\n  Version:  ${VERSION}\n\n`));
+      Deno.exit(0);
+    }
+    if (flags.namespace === "") throw invalidArgument("The shim namespace cannot be empty");
+    const level = flags.debug ? "debug" : "info";
+    const fields = { runtime: "io.containerd.runc.v2", namespace: flags.namespace, id: flags.id };
+    switch (flags.action) {
+      case "start": {
+        // The daemon reads start's combined stdout and stderr as the address: log elsewhere.
+        log = new Logger(level, fields, bundleLogSink(flags.bundle || Deno.cwd()) ?? (() => {}));
+        const address = await startShim(flags, log);
+        writeAllSync(Deno.stdout, encoder.encode(address));
+        break;
+      }
+      case "delete": {
+        log = new Logger(level, fields);
+        const response = await deleteShim(flags, log);
+        writeAllSync(Deno.stdout, response);
+        break;
+      }
+      default: {
+        const sink = bundleLogSink(flags.bundle || Deno.cwd());
+        log = sink === null ? new Logger(level, fields) : new Logger(level, fields, sink);
+        serving = true;
+        await serveShim(flags, log);
+      }
+    }
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    if (serving) log.error("shim failed", { error: message });
+    try {
+      writeAllSync(Deno.stderr, encoder.encode(`tainerd-shim: ${message}\n`));
+    } catch { /* no stderr */ }
+    Deno.exit(1);
+  }
+  Deno.exit(0);
+}

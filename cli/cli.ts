@@ -13,6 +13,7 @@ import { BUILTINS } from "../plugins/builtins.ts";
 import { formatPlatform } from "../plugins/platforms.ts";
 import { revisionOf, VERSION } from "../version.ts";
 import { formatLabels, formatTable, parseLabelArgs } from "./table.ts";
+import { contentCommand, leasesCommand } from "./content.ts";
 
 /** Global client options. */
 interface GlobalOptions {
@@ -200,5 +201,7 @@ export function buildCli(): Command {
         if (failed) Deno.exitCode = 1;
       })
     );
+  program.addCommand(contentCommand(withClient));
+  program.addCommand(leasesCommand(withClient));
   return program;
 }

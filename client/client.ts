@@ -13,6 +13,8 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { Version } from "../api/gen/containerd/services/version/v1/version_pb.ts";
 import { Introspection } from "../api/gen/containerd/services/introspection/v1/introspection_pb.ts";
 import { Namespaces } from "../api/gen/containerd/services/namespaces/v1/namespace_pb.ts";
+import { Content } from "../api/gen/containerd/services/content/v1/content_pb.ts";
+import { Leases } from "../api/gen/containerd/services/leases/v1/leases_pb.ts";
 import { Events } from "../api/gen/containerd/services/events/v1/events_pb.ts";
 import { Health } from "../api/gen/grpc/health/v1/health_pb.ts";
 import { LEASE_HEADER, NAMESPACE_HEADER } from "../server/context.ts";
@@ -121,6 +123,16 @@ export class TainerdClient {
   /** `containerd.services.events.v1.Events`. */
   get events(): Client<typeof Events> {
     return this.service(Events);
+  }
+
+  /** `containerd.services.content.v1.Content` (see `client/content.ts` for a writer). */
+  get content(): Client<typeof Content> {
+    return this.service(Content);
+  }
+
+  /** `containerd.services.leases.v1.Leases`. */
+  get leases(): Client<typeof Leases> {
+    return this.service(Leases);
   }
 
   /** `grpc.health.v1.Health`. */

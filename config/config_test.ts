@@ -5,7 +5,8 @@ import { BUILTINS } from "../plugins/builtins.ts";
 import { defaultConfig, formatDefaultConfig, loadConfig, parseConfig } from "./config.ts";
 
 function invalid(re: RegExp) {
-  return (e: unknown) => e instanceof TainerdError && e.kind === "InvalidArgument" && re.test(e.message);
+  return (e: unknown) =>
+    e instanceof TainerdError && e.kind === "InvalidArgument" && re.test(e.message);
 }
 
 Deno.test("parseConfig() fills defaults for an empty version 2 config", () => {
@@ -41,7 +42,10 @@ required_plugins = ["io.containerd.grpc.v1.namespaces"]
 });
 
 Deno.test("parseConfig() names unknown keys", () => {
-  assert.throws(() => parseConfig("version = 2\nrooot = '/x'"), invalid(/Unknown config key rooot/));
+  assert.throws(
+    () => parseConfig("version = 2\nrooot = '/x'"),
+    invalid(/Unknown config key rooot/),
+  );
   assert.throws(
     () => parseConfig("version = 2\n[grpc]\nadress = '/x'"),
     invalid(/Unknown config key grpc\.adress/),
@@ -63,8 +67,14 @@ Deno.test("parseConfig() names keys of the wrong type", () => {
 
 Deno.test("parseConfig() rejects other versions, bad TOML and bad log levels", () => {
   assert.throws(() => parseConfig("version = 1"), invalid(/version must be 2/));
-  assert.throws(() => parseConfig("version = = 2", "config file \"/c\""), invalid(/Cannot parse config file "\/c"/));
-  assert.throws(() => parseConfig("version = 2\n[debug]\nlevel='loud'"), invalid(/unknown level "loud"/));
+  assert.throws(
+    () => parseConfig("version = = 2", 'config file "/c"'),
+    invalid(/Cannot parse config file "\/c"/),
+  );
+  assert.throws(
+    () => parseConfig("version = 2\n[debug]\nlevel='loud'"),
+    invalid(/unknown level "loud"/),
+  );
 });
 
 Deno.test("loadConfig() gives defaults for a missing optional file, NotFound otherwise", async () => {

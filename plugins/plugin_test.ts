@@ -47,7 +47,7 @@ Deno.test("orderRegistrations() puts required types first, registration order ot
   ]);
 });
 
-Deno.test("orderRegistrations() puts a plugin requiring \"*\" after every other type", () => {
+Deno.test('orderRegistrations() puts a plugin requiring "*" after every other type', () => {
   const all = reg("t.last", "x", ["*"]);
   const a = reg("t.a", "a");
   const b = reg("t.b", "b", ["t.a"]);
@@ -60,7 +60,8 @@ Deno.test("orderRegistrations() rejects a dependency cycle, naming it", () => {
   assert.throws(
     () => orderRegistrations([a, b]),
     (e: unknown) =>
-      e instanceof TainerdError && e.kind === "InvalidArgument" && /cycle: t\.a\.a -> t\.b\.b -> t\.a\.a/.test(e.message),
+      e instanceof TainerdError && e.kind === "InvalidArgument" &&
+      /cycle: t\.a\.a -> t\.b\.b -> t\.a\.a/.test(e.message),
   );
 });
 
@@ -103,7 +104,10 @@ Deno.test("PluginSet.initAll() fails when a required plugin fails", async () => 
 });
 
 Deno.test("PluginSet.initAll() rejects unknown required plugins and skips disabled ones", async () => {
-  await assert.rejects(new PluginSet().initAll([], opts({ required: ["t.nope.x"] })), /not a known/);
+  await assert.rejects(
+    new PluginSet().initAll([], opts({ required: ["t.nope.x"] })),
+    /not a known/,
+  );
   const set = new PluginSet();
   await set.initAll([reg("t.a", "x"), reg("t.a", "y")], opts({ disabled: ["t.a.x"] }));
   assert.deepEqual(set.records.map((r) => r.registration.id), ["y"]);
@@ -146,9 +150,12 @@ Deno.test("InitContext gives per-plugin root/state dirs and the merged config se
       seen = { root: ic.root, state: ic.state, config: ic.config };
     },
   };
-  await new PluginSet().initAll([r as Registration], opts({
-    pluginConfigs: { "t.cfg.c": { size: 5n, nested: { on: true } } },
-  }));
+  await new PluginSet().initAll(
+    [r as Registration],
+    opts({
+      pluginConfigs: { "t.cfg.c": { size: 5n, nested: { on: true } } },
+    }),
+  );
   assert.deepEqual(seen, {
     root: "/nonexistent/root/t.cfg.c",
     state: "/nonexistent/state/t.cfg.c",
@@ -172,7 +179,8 @@ Deno.test("mergeConfig() names the key with the wrong type", () => {
   assert.throws(
     () => mergeConfig({ a: { b: "text" } }, { a: { b: 1 } }, "root"),
     (e: unknown) =>
-      e instanceof TainerdError && e.message === "Config key root.a.b must be a number, not a string",
+      e instanceof TainerdError &&
+      e.message === "Config key root.a.b must be a number, not a string",
   );
 });
 

@@ -80,6 +80,7 @@ export class Daemon {
         daemonRoot: config.root,
         daemonState: config.state,
         address: config.grpc.address,
+        ttrpcAddress: ttrpcAddressOf(config),
         pluginConfigs: config.plugins,
         disabled: config.disabled_plugins,
         required: config.required_plugins,

@@ -6,13 +6,20 @@
  */
 
 import type { Registration } from "./plugin.ts";
+import { contentPlugin, contentService, contentStorePlugin } from "./content/plugin.ts";
 import { exchangePlugin } from "./events/plugin.ts";
+import { gcSchedulerPlugin } from "./gc/plugin.ts";
 import { eventsService } from "./events/service.ts";
 import { healthService } from "./healthcheck/plugin.ts";
 import { introspectionService } from "./introspection/plugin.ts";
+import { leaseManagerPlugin, leasesService, leasesStorePlugin } from "./leases/plugin.ts";
 import { metadataPlugin } from "./metadata/plugin.ts";
 import { namespacesService, namespacesStorePlugin } from "./namespaces/plugin.ts";
 import { versionService } from "./version/plugin.ts";
+import { containersService, containersStorePlugin } from "./containers/plugin.ts";
+import { imagesService, imagesStorePlugin } from "./images/plugin.ts";
+import { runtimePlugin } from "./runtime/plugin.ts";
+import { tasksService } from "./tasks/service.ts";
 
 /** The builtin plugins. */
 export const BUILTINS: readonly Registration[] = [
@@ -20,8 +27,21 @@ export const BUILTINS: readonly Registration[] = [
   metadataPlugin,
   namespacesStorePlugin,
   namespacesService,
+  contentPlugin,
+  leaseManagerPlugin,
+  leasesStorePlugin,
+  contentStorePlugin,
+  contentService,
+  leasesService,
   eventsService,
   versionService,
   introspectionService,
   healthService,
+  gcSchedulerPlugin,
+  imagesStorePlugin,
+  imagesService,
+  containersStorePlugin,
+  containersService,
+  runtimePlugin,
+  tasksService,
 ] as readonly Registration[];

@@ -100,6 +100,8 @@ export interface InitContext<C = unknown> {
   readonly daemonState: string;
   /** The daemon's API socket address. */
   readonly address: string;
+  /** The daemon's ttrpc socket address (shims publish events there). */
+  readonly ttrpcAddress: string;
   /** The plugin's config section, validated and merged over its defaults. */
   readonly config: C;
   /** Metadata the plugin may fill during init. */
@@ -161,6 +163,8 @@ export interface InitOptions {
   daemonRoot: string;
   daemonState: string;
   address: string;
+  /** The daemon's ttrpc socket address. */
+  ttrpcAddress?: string;
   /** Raw `[plugins."type.id"]` sections from the config file. */
   pluginConfigs: Record<string, Record<string, unknown>>;
   /** `type.id` (or bare id) of plugins not to load. */
@@ -284,6 +288,7 @@ export class PluginSet {
           daemonRoot: opts.daemonRoot,
           daemonState: opts.daemonState,
           address: opts.address,
+          ttrpcAddress: opts.ttrpcAddress ?? `${opts.address}.ttrpc`,
           config,
           meta,
           log,

@@ -205,10 +205,25 @@ Deno.test("bad input gets clear codes and the daemon stays up", () =>
     ], { stdin: garbage });
     assert.match(g.stderr, /grpc-status: 13/i);
     assert.match(g.stderr, /grpc-message: parse%20binary/i);
-    // An unknown method over gRPC: Unimplemented, as ctr sees it.
-    const img = await d.ctr(["images", "ls"]);
-    assert.notEqual(img.code, 0);
-    assert.match(img.stderr, /not implemented/);
+    // An unknown method over gRPC: Unimplemented in a trailers-only response.
+    const unknown = await run("curl", [
+      "-s",
+      "-o",
+      "/dev/null",
+      "-v",
+      "--http2-prior-knowledge",
+      "--unix-socket",
+      d.address,
+      "-H",
+      "content-type: application/grpc",
+      "-H",
+      "te: trailers",
+      "--data-binary",
+      "@-",
+      "http://localhost/containerd.services.nope.v1.Nope/Do",
+    ], { stdin: new Uint8Array([0, 0, 0, 0, 0]) });
+    assert.match(unknown.stderr, /grpc-status: 12/i);
+    assert.match(unknown.stderr, /grpc-message: Unknown%20method/i);
     // Still serving.
     const v = await d.ctr(["version"]);
     assert.equal(v.code, 0, v.stderr);

@@ -21,6 +21,92 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (namespace, key)
   ) WITHOUT ROWID;
   `,
+  // 2: content records and ingests per namespace, leases and the resources they hold.
+  `
+  CREATE TABLE content (
+    namespace TEXT NOT NULL REFERENCES namespaces(name) ON DELETE CASCADE,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, digest)
+  ) WITHOUT ROWID;
+  CREATE INDEX content_by_digest ON content(digest);
+  CREATE TABLE content_labels (
+    namespace TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, digest, key),
+    FOREIGN KEY (namespace, digest) REFERENCES content(namespace, digest) ON DELETE CASCADE
+  ) WITHOUT ROWID;
+  CREATE TABLE ingests (
+    namespace TEXT NOT NULL REFERENCES namespaces(name) ON DELETE CASCADE,
+    ref TEXT NOT NULL,
+    backend_ref TEXT NOT NULL UNIQUE,
+    total INTEGER NOT NULL DEFAULT 0,
+    expected TEXT NOT NULL DEFAULT '',
+    shared INTEGER NOT NULL DEFAULT 0,
+    expire_at INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, ref)
+  ) WITHOUT ROWID;
+  CREATE TABLE leases (
+    namespace TEXT NOT NULL REFERENCES namespaces(name) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, id)
+  ) WITHOUT ROWID;
+  CREATE TABLE lease_labels (
+    namespace TEXT NOT NULL,
+    lease TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, lease, key),
+    FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
+  ) WITHOUT ROWID;
+  CREATE TABLE lease_resources (
+    namespace TEXT NOT NULL,
+    lease TEXT NOT NULL,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (namespace, lease, type, id),
+    FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
+  ) WITHOUT ROWID;
+  `,
+  // 3: containers and images.
+  `
+  CREATE TABLE containers (
+    namespace TEXT NOT NULL REFERENCES namespaces(name),
+    id TEXT NOT NULL,
+    image TEXT NOT NULL,
+    runtime_name TEXT NOT NULL,
+    runtime_options_type TEXT,
+    runtime_options BLOB,
+    spec_type TEXT,
+    spec BLOB,
+    snapshotter TEXT NOT NULL,
+    snapshot_key TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    extensions TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, id)
+  ) WITHOUT ROWID;
+  CREATE TABLE images (
+    namespace TEXT NOT NULL REFERENCES namespaces(name),
+    name TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    annotations TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+  ) WITHOUT ROWID;
+  `,
 ];
 
 /**

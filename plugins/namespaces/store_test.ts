@@ -63,10 +63,10 @@ Deno.test("NamespaceStore rejects labels over 4096 bytes", () =>
 Deno.test("NamespaceStore.delete() refuses a namespace that still holds objects", () =>
   withStore((s, db) => {
     s.create("web");
-    db.transaction(() => {
-      db.run("CREATE TABLE IF NOT EXISTS images (namespace TEXT, name TEXT)");
-      db.run("INSERT INTO images VALUES ('web', 'busybox')");
-    });
+    db.run(
+      `INSERT INTO images(namespace, name, labels, media_type, digest, size, annotations,
+        created_at, updated_at) VALUES ('web', 'busybox', '{}', 'm', 'sha256:x', 1, '{}', 0, 0)`,
+    );
     assert.throws(
       () => s.delete("web"),
       (e: unknown) =>

@@ -1,0 +1,451 @@
+/**
+ * The runtime v2 manager, as containerd's `runtime/v2`: one bundle per task under
+ * `<state>/io.containerd.runtime.v2.task/<ns>/<id>`, a shim started for it with containerd's
+ * shim v2 contract (`shim … start` prints the ttrpc address), and `containerd.task.v2.Task`
+ * spoken to the shim over ttrpc. On daemon start it reconnects to the shims of existing
+ * bundles; shims that are gone are cleaned up with their `delete` action and their exit is
+ * published.
+ *
+ * @module
+ */
+
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { AnySchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import {
+  type CreateTaskRequestSchema,
+  DeleteResponseSchema,
+  Task,
+} from "../../api/gen/containerd/runtime/v2/task/shim_pb.ts";
+import { TaskDeleteSchema, TaskExitSchema } from "../../api/gen/containerd/events/task_pb.ts";
+import type { MountSchema } from "../../api/gen/containerd/types/mount_pb.ts";
+import type { Logger } from "../../log.ts";
+import { selfCommand } from "../../shim/main.ts";
+import { createTtrpcClient, TtrpcClient, type TtrpcServiceClient } from "../../ttrpc/client.ts";
+import { alreadyExists, failedPrecondition, internal, notFound } from "../errdefs.ts";
+import type { Exchange } from "../events/exchange.ts";
+import { validateIdentifier } from "../identifiers.ts";
+
+/** A protobuf Any. */
+export interface AnyValue {
+  typeUrl: string;
+  value: Uint8Array;
+}
+
+/** What a task is created from. */
+export interface CreateOptions {
+  /** The OCI spec as JSON bytes (the container's spec Any value). */
+  spec: Uint8Array;
+  rootfs: MessageInitShape<typeof MountSchema>[];
+  stdin: string;
+  stdout: string;
+  stderr: string;
+  terminal: boolean;
+  /** The runtime name, e.g. `io.containerd.runc.v2`. */
+  runtime: string;
+  /** The container's runtime options (sent to the shim's `start` on stdin). */
+  runtimeOptions?: AnyValue;
+  /** Options of this task's create (runc Options). */
+  taskOptions?: AnyValue;
+}
+
+/** A running shim serving one task. */
+export class ShimTask {
+  readonly namespace: string;
+  readonly id: string;
+  readonly bundle: string;
+  readonly address: string;
+  readonly client: TtrpcClient;
+  readonly task: TtrpcServiceClient<typeof Task>;
+  /** Set once the task is deleted or its shim is gone. */
+  closed = false;
+
+  constructor(namespace: string, id: string, bundle: string, address: string, client: TtrpcClient) {
+    this.namespace = namespace;
+    this.id = id;
+    this.bundle = bundle;
+    this.address = address;
+    this.client = client;
+    this.task = createTtrpcClient(Task, client);
+  }
+}
+
+/** Options for {@link RuntimeManager}. */
+export interface RuntimeManagerOptions {
+  /** `<root>/io.containerd.runtime.v2.task`. */
+  root: string;
+  /** `<state>/io.containerd.runtime.v2.task`. */
+  state: string;
+  /** The daemon's state directory (shims put their sockets under it). */
+  daemonState: string;
+  /** The daemon's gRPC address (passed as `-address`). */
+  address: string;
+  /** The daemon's ttrpc address (shims forward events there). */
+  ttrpcAddress: string;
+  events: Exchange;
+  log: Logger;
+  /** How long a shim may take to answer on reconnect. */
+  loadTimeoutMs?: number;
+}
+
+const decoder = new TextDecoder();
+
+/** Tasks and their shims. */
+export class RuntimeManager {
+  readonly #opts: RuntimeManagerOptions;
+  readonly #tasks = new Map<string, ShimTask>();
+  readonly #creating = new Set<string>();
+
+  constructor(opts: RuntimeManagerOptions) {
+    this.#opts = opts;
+  }
+
+  #key(ns: string, id: string): string {
+    return `${ns}/${id}`;
+  }
+
+  /** The bundle directory of a task. */
+  bundlePath(ns: string, id: string): string {
+    return `${this.#opts.state}/${ns}/${id}`;
+  }
+
+  /** The task; NotFound when it has none. */
+  get(ns: string, id: string): ShimTask {
+    const t = this.#tasks.get(this.#key(ns, id));
+    if (!t) throw notFound(`No task for container "${id}" in namespace "${ns}"`);
+    return t;
+  }
+
+  /** Whether the container has a task. */
+  has(ns: string, id: string): boolean {
+    return this.#tasks.has(this.#key(ns, id));
+  }
+
+  /** The tasks of a namespace. */
+  list(ns: string): ShimTask[] {
+    return [...this.#tasks.values()].filter((t) => t.namespace === ns);
+  }
+
+  /** Every task. */
+  all(): ShimTask[] {
+    return [...this.#tasks.values()];
+  }
+
+  /** Creates the bundle, starts a shim and creates the task in it. */
+  async create(ns: string, id: string, opts: CreateOptions): Promise<ShimTask> {
+    validateIdentifier(ns, "namespace");
+    validateIdentifier(id, "container");
+    const key = this.#key(ns, id);
+    if (this.#tasks.has(key) || this.#creating.has(key)) {
+      throw alreadyExists(`Container "${id}" in namespace "${ns}" already has a task`);
+    }
+    this.#creating.add(key);
+    const bundle = this.bundlePath(ns, id);
+    let shim: ShimTask | undefined;
+    try {
+      await this.#newBundle(ns, id, opts.spec);
+      const address = await this.#startShim(ns, id, bundle, opts.runtimeOptions);
+      shim = await this.#connect(ns, id, bundle, address);
+      const req: MessageInitShape<typeof CreateTaskRequestSchema> = {
+        id,
+        bundle,
+        rootfs: opts.rootfs,
+        terminal: opts.terminal,
+        stdin: opts.stdin,
+        stdout: opts.stdout,
+        stderr: opts.stderr,
+        options: opts.taskOptions ?? opts.runtimeOptions,
+      };
+      await shim.task.create(req);
+      this.#tasks.set(key, shim);
+      return shim;
+    } catch (err) {
+      if (shim) {
+        shim.closed = true;
+        await shim.task.shutdown({ id, now: true }).catch(() => {});
+        shim.client.close();
+      }
+      await this.#runShimDelete(ns, id, bundle).catch(() => {});
+      await this.#removeBundle(ns, id);
+      throw err;
+    } finally {
+      this.#creating.delete(key);
+    }
+  }
+
+  /** Deletes the task: the shim's Delete, its shutdown, then the bundle. */
+  async delete(
+    ns: string,
+    id: string,
+  ): Promise<{ pid: number; exitStatus: number; exitedAt?: Date }> {
+    const t = this.get(ns, id);
+    const res = await t.task.delete({ id });
+    t.closed = true;
+    this.#tasks.delete(this.#key(ns, id));
+    await t.task.shutdown({ id }).catch(() => {});
+    t.client.close();
+    await this.#removeBundle(ns, id);
+    return {
+      pid: res.pid,
+      exitStatus: res.exitStatus,
+      exitedAt: res.exitedAt
+        ? new Date(Number(res.exitedAt.seconds) * 1000 + res.exitedAt.nanos / 1e6)
+        : undefined,
+    };
+  }
+
+  async #newBundle(ns: string, id: string, spec: Uint8Array): Promise<void> {
+    const bundle = this.bundlePath(ns, id);
+    const work = `${this.#opts.root}/${ns}/${id}`;
+    await Deno.mkdir(`${this.#opts.state}/${ns}`, { recursive: true, mode: 0o711 });
+    await Deno.mkdir(`${this.#opts.root}/${ns}`, { recursive: true, mode: 0o711 });
+    try {
+      await Deno.mkdir(bundle, { mode: 0o700 });
+    } catch (err) {
+      if (err instanceof Deno.errors.AlreadyExists) {
+        throw alreadyExists(`The bundle of container "${id}" in namespace "${ns}" exists`);
+      }
+      throw err;
+    }
+    await Deno.mkdir(work, { recursive: true, mode: 0o711 });
+    await Deno.symlink(work, `${bundle}/work`);
+    await Deno.mkdir(`${bundle}/rootfs`, { mode: 0o711 });
+    await Deno.writeFile(`${bundle}/config.json`, spec, { mode: 0o666 });
+  }
+
+  async #removeBundle(ns: string, id: string): Promise<void> {
+    const bundle = this.bundlePath(ns, id);
+    // The rootfs must not be mounted any more: never delete through a mount.
+    try {
+      const mounts = await Deno.readTextFile("/proc/self/mountinfo");
+      if (mounts.includes(` ${bundle}/rootfs `)) {
+        this.#opts.log.warn("bundle rootfs still mounted; leaving the bundle", { bundle });
+        return;
+      }
+    } catch {
+      // No mountinfo: go on.
+    }
+    await Deno.remove(bundle, { recursive: true }).catch(() => {});
+    await Deno.remove(`${this.#opts.root}/${ns}/${id}`, { recursive: true }).catch(() => {});
+  }
+
+  #shimArgs(ns: string, id: string, extra: string[]): { command: string; args: string[] } {
+    const self = selfCommand();
+    return {
+      command: self.command,
+      args: [
+        ...self.args,
+        "shim",
+        "-namespace",
+        ns,
+        "-address",
+        this.#opts.address,
+        "-publish-binary",
+        Deno.execPath(),
+        "-id",
+        id,
+        ...extra,
+      ],
+    };
+  }
+
+  #shimEnv(): Record<string, string> {
+    // Shim sockets live in <dir>/s/<64 hex>; a unix socket path has at most 106 bytes, so a
+    // long state directory falls back to /run/tainerd (the hash keeps daemons apart).
+    const dir = `${this.#opts.daemonState}/s/`.length + 64 <= 106
+      ? this.#opts.daemonState
+      : "/run/tainerd";
+    return { TTRPC_ADDRESS: this.#opts.ttrpcAddress, TAINERD_STATE_DIR: dir };
+  }
+
+  async #startShim(
+    ns: string,
+    id: string,
+    bundle: string,
+    runtimeOptions?: AnyValue,
+  ): Promise<string> {
+    const { command, args } = this.#shimArgs(ns, id, ["start"]);
+    const child = new Deno.Command(command, {
+      args,
+      cwd: bundle,
+      env: this.#shimEnv(),
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = child.stdin.getWriter();
+    if (runtimeOptions) {
+      await w.write(toBinary(AnySchema, create(AnySchema, runtimeOptions)));
+    }
+    await w.close();
+    const out = await child.output();
+    const stdout = decoder.decode(out.stdout).trim();
+    if (!out.success) {
+      const msg = (decoder.decode(out.stderr).trim() || stdout).split("\n").pop() ?? "";
+      throw internal(`Cannot start the shim of container "${id}": ${msg || `exit ${out.code}`}`);
+    }
+    if (!stdout.startsWith("unix://")) {
+      throw internal(`The shim of container "${id}" printed no address: ${stdout}`);
+    }
+    return stdout;
+  }
+
+  async #connect(ns: string, id: string, bundle: string, address: string): Promise<ShimTask> {
+    const client = await TtrpcClient.connect(address.slice("unix://".length));
+    const t = new ShimTask(ns, id, bundle, address, client);
+    client.done.then(() => {
+      if (!t.closed) {
+        this.#opts.log.warn("shim connection lost", { namespace: ns, id });
+        t.closed = true;
+        this.#tasks.delete(this.#key(ns, id));
+        void this.#cleanupDeadShim(ns, id, bundle);
+      }
+    });
+    return t;
+  }
+
+  /** Runs the shim's `delete` action on a bundle and parses its DeleteResponse. */
+  async #runShimDelete(ns: string, id: string, bundle: string) {
+    const { command, args } = this.#shimArgs(ns, id, ["-bundle", bundle, "delete"]);
+    const out = await new Deno.Command(command, {
+      args,
+      cwd: bundle,
+      env: this.#shimEnv(),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!out.success) {
+      throw internal(
+        `The shim delete of container "${id}" failed: ${decoder.decode(out.stderr).trim()}`,
+      );
+    }
+    return fromBinary(DeleteResponseSchema, out.stdout);
+  }
+
+  /** A shim died: clean its bundle, publish the exit and the delete. */
+  async #cleanupDeadShim(namespace: string, id: string, bundle: string): Promise<void> {
+    const t = { namespace, id, bundle };
+    let pid = 0;
+    let status = 255;
+    let exitedAt = new Date();
+    try {
+      const res = await this.#runShimDelete(t.namespace, t.id, t.bundle);
+      pid = res.pid;
+      status = res.exitStatus;
+      if (res.exitedAt) {
+        exitedAt = new Date(Number(res.exitedAt.seconds) * 1000 + res.exitedAt.nanos / 1e6);
+      }
+    } catch (err) {
+      this.#opts.log.warn("cleaning up a dead shim failed", {
+        namespace: t.namespace,
+        id: t.id,
+        error: (err as Error).message,
+      });
+    }
+    await this.#removeBundle(t.namespace, t.id);
+    const ts = timestampFromDate(exitedAt);
+    this.#opts.events.publish(
+      t.namespace,
+      "/tasks/exit",
+      TaskExitSchema,
+      create(TaskExitSchema, {
+        containerId: t.id,
+        id: t.id,
+        pid,
+        exitStatus: status,
+        exitedAt: ts,
+      }),
+    );
+    this.#opts.events.publish(
+      t.namespace,
+      "/tasks/delete",
+      TaskDeleteSchema,
+      create(TaskDeleteSchema, {
+        containerId: t.id,
+        id: t.id,
+        pid,
+        exitStatus: status,
+        exitedAt: ts,
+      }),
+    );
+  }
+
+  /**
+   * Reconnects to the shims of the bundles left by a previous daemon, in parallel with short
+   * timeouts; bundles whose shim is gone are cleaned up (exit published).
+   */
+  async load(): Promise<void> {
+    const timeout = this.#opts.loadTimeoutMs ?? 5000;
+    const jobs: Promise<void>[] = [];
+    let nsDirs: Deno.DirEntry[] = [];
+    try {
+      nsDirs = [...Deno.readDirSync(this.#opts.state)].filter((e) => e.isDirectory);
+    } catch {
+      return;
+    }
+    for (const nsDir of nsDirs) {
+      const ns = nsDir.name;
+      for (const e of Deno.readDirSync(`${this.#opts.state}/${ns}`)) {
+        if (!e.isDirectory) continue;
+        const id = e.name;
+        jobs.push(this.#loadOne(ns, id, timeout));
+      }
+    }
+    await Promise.all(jobs);
+  }
+
+  async #loadOne(ns: string, id: string, timeoutMs: number): Promise<void> {
+    const bundle = this.bundlePath(ns, id);
+    let address = "";
+    try {
+      address = (await Deno.readTextFile(`${bundle}/address`)).trim();
+    } catch {
+      // No address: the shim never came up.
+    }
+    const log = this.#opts.log.child({ namespace: ns, id });
+    if (address) {
+      try {
+        const t = await withTimeout(
+          this.#connect(ns, id, bundle, address),
+          timeoutMs,
+          `connect to the shim of "${id}"`,
+        );
+        try {
+          await t.task.connect({ id }, { timeoutMs });
+          this.#tasks.set(this.#key(ns, id), t);
+          log.info("reconnected to shim");
+          return;
+        } catch (err) {
+          t.closed = true;
+          t.client.close();
+          throw err;
+        }
+      } catch (err) {
+        log.warn(`shim unreachable, cleaning up: ${(err as Error).message}`);
+      }
+    }
+    await this.#cleanupDeadShim(ns, id, bundle);
+  }
+
+  /** Closes connections to every shim (the shims and their containers keep running). */
+  close(): void {
+    for (const t of this.#tasks.values()) {
+      t.closed = true;
+      t.client.close();
+    }
+    this.#tasks.clear();
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(
+        () => reject(failedPrecondition(`Timed out after ${ms}ms: ${what}`)),
+        ms,
+      );
+    }),
+  ]);
+}

@@ -1,0 +1,35 @@
+/**
+ * The runtime v2 plugin (`io.containerd.runtime.v2.task`): the task manager over shims.
+ *
+ * @module
+ */
+
+import { exchangePlugin } from "../events/plugin.ts";
+import { PluginType, type Registration } from "../plugin.ts";
+import { hostPlatform } from "../platforms.ts";
+import { RuntimeManager } from "./manager.ts";
+
+/** `io.containerd.runtime.v2.task`. */
+export const runtimePlugin: Registration<RuntimeManager> = {
+  type: PluginType.Runtime,
+  id: "task",
+  requires: [PluginType.Event],
+  init: async (ic) => {
+    ic.meta.platforms.push(hostPlatform());
+    await Deno.mkdir(ic.root, { recursive: true, mode: 0o711 });
+    await Deno.mkdir(ic.state, { recursive: true, mode: 0o711 });
+    const manager = new RuntimeManager({
+      root: ic.root,
+      state: ic.state,
+      daemonState: ic.daemonState,
+      address: ic.address,
+      ttrpcAddress: ic.ttrpcAddress,
+      events: ic.get(exchangePlugin),
+      log: ic.log,
+    });
+    // Reconnect to the shims of a previous daemon once the ttrpc socket they publish to is
+    // up; the load itself never blocks start-up for longer than its timeouts.
+    await manager.load();
+    return manager;
+  },
+};

@@ -823,6 +823,28 @@ export function setNonblocking(fd: number, enabled: boolean): void {
   if (next !== flags) check(libc().fcntl(fd, F_SETFL, BigInt(next)), "fcntl", [fd, "F_SETFL"]);
 }
 
+const F_GETFD = 1;
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
+
+/**
+ * Marks every open descriptor above stderr close-on-exec, so children (shims, runc) never
+ * inherit the daemon's listening or client sockets: some of Deno's node-compat sockets are
+ * created without `SOCK_CLOEXEC`, and a shim holding the API socket would keep a dead
+ * daemon's address "answering". Returns how many descriptors were changed.
+ */
+export function cloexecAll(): number {
+  let changed = 0;
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    const fd = Number(e.name);
+    if (!Number.isInteger(fd) || fd <= 2) continue;
+    const flags = libc().fcntl(fd, F_GETFD, 0n);
+    if (flags < 0 || (flags & FD_CLOEXEC) !== 0) continue;
+    if (libc().fcntl(fd, F_SETFD, BigInt(flags | FD_CLOEXEC)) === 0) changed++;
+  }
+  return changed;
+}
+
 /** `POLLIN` for {@linkcode pollAsync}: data to read. */
 export const POLLIN = 0x1;
 /** `POLLOUT` for {@linkcode pollAsync}: writing will not block. */

@@ -17,7 +17,9 @@ async function withRootfs(fn: (d: TestDaemon, rootfs: string) => Promise<void>) 
 }
 
 async function shimsOf(d: TestDaemon): Promise<number> {
-  const out = await new Deno.Command("pgrep", { args: ["-f", `-address ${d.address}`] }).output();
+  const out = await new Deno.Command("pgrep", {
+    args: ["-f", "--", ` shim .*-address ${d.address} `],
+  }).output();
   return new TextDecoder().decode(out.stdout).trim().split("\n").filter((l) => l).length;
 }
 

@@ -20,6 +20,7 @@ import { TaskDeleteSchema, TaskExitSchema } from "../../api/gen/containerd/event
 import type { MountSchema } from "../../api/gen/containerd/types/mount_pb.ts";
 import type { Logger } from "../../log.ts";
 import { selfCommand } from "../../shim/main.ts";
+import { cloexecAll } from "../../sys/libc.ts";
 import { createTtrpcClient, TtrpcClient, type TtrpcServiceClient } from "../../ttrpc/client.ts";
 import { alreadyExists, failedPrecondition, internal, notFound } from "../errdefs.ts";
 import type { Exchange } from "../events/exchange.ts";
@@ -264,6 +265,8 @@ export class RuntimeManager {
     runtimeOptions?: AnyValue,
   ): Promise<string> {
     const { command, args } = this.#shimArgs(ns, id, ["start"]);
+    // The shim outlives the daemon: it must not inherit the daemon's sockets.
+    cloexecAll();
     const child = new Deno.Command(command, {
       args,
       cwd: bundle,

@@ -1,0 +1,146 @@
+/**
+ * Containers outlive the daemon, and no exit is lost: daemon SIGKILL and restart, shims
+ * killed under a running container.
+ */
+
+import assert from "node:assert/strict";
+import { busyboxRootfs } from "./fixtures.ts";
+import { delay, TestDaemon } from "./harness.ts";
+
+async function withRestartableDaemon(fn: (d: TestDaemon, rootfs: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix: "tainerd-test-" });
+  const d = new TestDaemon(dir);
+  try {
+    const rootfs = await busyboxRootfs(dir);
+    await d.start();
+    await fn(d, rootfs);
+  } catch (err) {
+    console.error(await d.log());
+    throw err;
+  } finally {
+    // Kill whatever is left (tasks first, so no shim outlives the test).
+    try {
+      const ls = await d.ctr(["tasks", "ls", "-q"]);
+      for (const id of ls.stdout.trim().split("\n").filter((x) => x)) {
+        await d.ctr(["tasks", "kill", "-s", "SIGKILL", id]);
+        await delay(200);
+        await d.ctr(["tasks", "rm", "-f", id]);
+      }
+    } catch {
+      // Daemon gone.
+    }
+    await d.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+async function waitFor(fn: () => Promise<boolean>, what: string, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await fn()) return;
+    await delay(100);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+Deno.test("tasks survive a daemon SIGKILL; an exit during the downtime keeps its code", () =>
+  withRestartableDaemon(async (d, rootfs) => {
+    let r = await d.ctr(["run", "-d", "--rootfs", rootfs, "long", "/bin/sleep", "1000"]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await d.ctr(["run", "-d", "--rootfs", rootfs, "short", "/bin/sh", "-c", "sleep 2; exit 5"]);
+    assert.equal(r.code, 0, r.stderr);
+    const before = (await d.ctr(["tasks", "ls"])).stdout;
+    const pid = before.match(/^long\s+(\d+)/m)?.[1];
+    assert.ok(pid, before);
+    await d.kill();
+    await delay(3000); // "short" exits while no daemon runs.
+    await d.start();
+    r = await d.ctr(["tasks", "ls"]);
+    assert.match(
+      r.stdout,
+      new RegExp(`^long\\s+${pid}\\s+RUNNING`, "m"),
+      "same process, reconnected",
+    );
+    assert.match(r.stdout, /^short\s+\d+\s+STOPPED/m);
+    r = await d.ctr(["tasks", "rm", "short"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /exit code 5/);
+    r = await d.ctr(["tasks", "kill", "-s", "SIGKILL", "long"]);
+    assert.equal(r.code, 0, r.stderr);
+    await waitFor(
+      async () => /STOPPED/.test((await d.ctr(["tasks", "ls"])).stdout),
+      "long to stop",
+    );
+    r = await d.ctr(["tasks", "rm", "long"]);
+    assert.match(r.stderr, /exit code 137/);
+  }));
+
+Deno.test("a restarted daemon takes over the socket even while shims run (no inherited fds)", () =>
+  withRestartableDaemon(async (d, rootfs) => {
+    const r = await d.ctr(["run", "-d", "--rootfs", rootfs, "held", "/bin/sleep", "1000"]);
+    assert.equal(r.code, 0, r.stderr);
+    const shim = new TextDecoder().decode(
+      (await new Deno.Command("pgrep", {
+        args: ["-f", "--", ` shim .*-address ${d.address} `],
+      }).output()).stdout,
+    ).trim().split("\n")[0];
+    assert.ok(shim, "a shim runs");
+    const fds = [...Deno.readDirSync(`/proc/${shim}/fd`)].map((e) => {
+      try {
+        return Deno.readLinkSync(`/proc/${shim}/fd/${e.name}`);
+      } catch {
+        return "";
+      }
+    });
+    const daemonSockets = new Set(
+      [...Deno.readDirSync(`/proc/${d.pid}/fd`)].map((e) => {
+        try {
+          return Deno.readLinkSync(`/proc/${d.pid}/fd/${e.name}`);
+        } catch {
+          return "";
+        }
+      }).filter((l) => l.startsWith("socket:")),
+    );
+    const inherited = fds.filter((l) => daemonSockets.has(l));
+    assert.deepEqual(inherited, [], "the shim holds none of the daemon's sockets");
+    await d.kill();
+    await d.start();
+    const ls = await d.ctr(["tasks", "ls"]);
+    assert.match(ls.stdout, /^held\s+\d+\s+RUNNING/m);
+  }));
+
+Deno.test("a killed shim: its task is reported stopped and everything is cleaned up", () =>
+  withRestartableDaemon(async (d, rootfs) => {
+    let r = await d.ctr(["run", "-d", "--rootfs", rootfs, "victim", "/bin/sleep", "1000"]);
+    assert.equal(r.code, 0, r.stderr);
+    const events = new Deno.Command("ctr", {
+      args: ["-a", d.address, "events"],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    await delay(1000);
+    const shims = new TextDecoder().decode(
+      (await new Deno.Command("pgrep", {
+        args: ["-f", "--", ` shim .*-address ${d.address} `],
+      }).output()).stdout,
+    ).trim().split("\n").filter((x) => x);
+    assert.equal(shims.length, 1);
+    Deno.kill(Number(shims[0]), "SIGKILL");
+    await waitFor(
+      async () => !(await d.ctr(["tasks", "ls"])).stdout.includes("victim"),
+      "the task to be gone",
+    );
+    await delay(500);
+    events.kill();
+    const out = new TextDecoder().decode((await events.output()).stdout);
+    assert.match(out, /\/tasks\/exit.*"container_id":"victim".*"exit_status":137/);
+    assert.match(out, /\/tasks\/delete.*"container_id":"victim"/);
+    const bundle = `${d.state}/io.containerd.runtime.v2.task/default/victim`;
+    await assert.rejects(Deno.stat(bundle), Deno.errors.NotFound, "bundle removed");
+    const mounts = await Deno.readTextFile("/proc/self/mountinfo");
+    assert.ok(!mounts.includes(d.dir), "no mount left");
+    r = await d.ctr(["containers", "rm", "victim"]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await d.ctr(["version"]);
+    assert.equal(r.code, 0, "the daemon stays healthy");
+  }));

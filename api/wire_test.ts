@@ -7,7 +7,10 @@
  * types (scalar, enum or fully-qualified message; repeated, map, packing), enum values, and
  * RPC methods (input, output, streaming). The reference directory is `CONTAINERD_API_REF`,
  * by default the place `.ci/run` unpacks the package to; the comparison tests are ignored
- * when it is absent.
+ * when it is absent. The cgroup statistics (`io.containerd.cgroups.v1/v2.Metrics`, what the
+ * runc shim's Task.Stats returns) are checked the same way against containerd/cgroups' own
+ * files, from Debian's golang-github-containerd-cgroups-dev, in `CGROUPS_API_REF` (by default
+ * where `scripts/setup.sh` unpacks it).
  *
  * @module
  */
@@ -41,6 +44,8 @@ import { file_containerd_types_metrics } from "./gen/containerd/types/metrics_pb
 import { file_containerd_types_mount } from "./gen/containerd/types/mount_pb.ts";
 import { file_containerd_types_platform } from "./gen/containerd/types/platform_pb.ts";
 import { file_containerd_types_task_task } from "./gen/containerd/types/task/task_pb.ts";
+import { file_io_containerd_cgroups_v1_metrics } from "./gen/io/containerd/cgroups/v1/metrics_pb.ts";
+import { file_io_containerd_cgroups_v2_metrics } from "./gen/io/containerd/cgroups/v2/metrics_pb.ts";
 
 /** Where containerd's source tree (with its .proto files) is unpacked. */
 const REF_DIR = Deno.env.get("CONTAINERD_API_REF") ??
@@ -79,6 +84,22 @@ const PAIRS: ReadonlyArray<readonly [DescFile, string]> = [
   [file_containerd_services_ttrpc_events_v1_events, "api/services/ttrpc/events/v1/events.proto"],
   [file_containerd_runtime_v2_task_shim, "runtime/v2/task/shim.proto"],
   [file_containerd_runtime_v2_runc_options_oci, "runtime/v2/runc/options/oci.proto"],
+];
+
+/** Where containerd/cgroups' source tree (with its stats .proto files) is unpacked. */
+const CGROUPS_REF_DIR = Deno.env.get("CGROUPS_API_REF") ??
+  "/var/cache/tainerd/cgroups-ref/usr/share/gocode/src/github.com/containerd/cgroups";
+
+/** tainerd's cgroup statistics files, with their containerd/cgroups counterparts. */
+const CGROUPS_PAIRS: ReadonlyArray<readonly [DescFile, string]> = [
+  [file_io_containerd_cgroups_v1_metrics, "stats/v1/metrics.proto"],
+  [file_io_containerd_cgroups_v2_metrics, "v2/stats/metrics.proto"],
+];
+
+/** Each reference tree with the pairs checked against it. */
+const REFERENCES = [
+  { name: "containerd", dir: REF_DIR, pairs: PAIRS },
+  { name: "containerd/cgroups", dir: CGROUPS_REF_DIR, pairs: CGROUPS_PAIRS },
 ];
 
 /** tainerd's protos that have no counterpart in containerd's tree. */
@@ -631,26 +652,29 @@ function compareShapes(ours: FileShape, ref: FileShape): string[] {
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
-const refPresent = (() => {
+function isDirectory(dir: string): boolean {
   try {
-    return Deno.statSync(REF_DIR).isDirectory;
+    return Deno.statSync(dir).isDirectory;
   } catch {
     return false;
   }
-})();
+}
 
-let referenceCache: Map<string, FileShape> | undefined;
+const referenceCache = new Map<string, Map<string, FileShape>>();
 
-/** Parses every reference file of PAIRS once, resolving names across all of them. */
-function referenceShapes(): Map<string, FileShape> {
-  if (!referenceCache) {
-    const raw = PAIRS.map(([, path]) =>
-      parseProto(Deno.readTextFileSync(`${REF_DIR}/${path}`), path)
-    );
+/** Parses every reference file of `pairs` under `dir` once, resolving names across them. */
+function referenceShapes(
+  dir: string,
+  pairs: ReadonlyArray<readonly [DescFile, string]>,
+): Map<string, FileShape> {
+  let shapes = referenceCache.get(dir);
+  if (!shapes) {
+    const raw = pairs.map(([, path]) => parseProto(Deno.readTextFileSync(`${dir}/${path}`), path));
     const symbols = new Symbols(raw);
-    referenceCache = new Map(raw.map((f) => [f.path, referenceShape(f, symbols)]));
+    shapes = new Map(raw.map((f) => [f.path, referenceShape(f, symbols)]));
+    referenceCache.set(dir, shapes);
   }
-  return referenceCache;
+  return shapes;
 }
 
 function protoFilesUnder(dir: string, prefix = ""): string[] {
@@ -751,20 +775,24 @@ Deno.test("wire: the reference parser resolves names by protobuf scoping", () =>
 Deno.test("wire: every tainerd .proto file is paired with a reference file", () => {
   const onDisk = protoFilesUnder(new URL("./proto", import.meta.url).pathname)
     .filter((p) => !WITHOUT_REFERENCE.has(p)).toSorted();
-  const paired = PAIRS.map(([file]) => `${file.name}.proto`).toSorted();
+  const paired = REFERENCES.flatMap((r) => r.pairs).map(([file]) => `${file.name}.proto`)
+    .toSorted();
   assert.deepEqual(onDisk, paired);
 });
 
-for (const [file, refPath] of PAIRS) {
-  Deno.test({
-    name: `wire: ${file.name}.proto matches containerd's ${refPath}`,
-    ignore: !refPresent,
-    fn() {
-      const ref = referenceShapes().get(refPath)!;
-      const mismatches = compareShapes(generatedShape(file), ref);
-      assert.deepEqual(mismatches, [], `${file.name}.proto differs from ${refPath}`);
-      // Guard against a vacuous pass: something was actually compared.
-      assert.ok(ref.messages.size + ref.enums.size + ref.services.size > 0);
-    },
-  });
+for (const { name, dir, pairs } of REFERENCES) {
+  const present = isDirectory(dir);
+  for (const [file, refPath] of pairs) {
+    Deno.test({
+      name: `wire: ${file.name}.proto matches ${name}'s ${refPath}`,
+      ignore: !present,
+      fn() {
+        const ref = referenceShapes(dir, pairs).get(refPath)!;
+        const mismatches = compareShapes(generatedShape(file), ref);
+        assert.deepEqual(mismatches, [], `${file.name}.proto differs from ${refPath}`);
+        // Guard against a vacuous pass: something was actually compared.
+        assert.ok(ref.messages.size + ref.enums.size + ref.services.size > 0);
+      },
+    });
+  }
 }

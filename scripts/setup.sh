@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs everything tainerd and its tests need on a fresh Debian 12 machine (as root):
-# Debian packages, Deno from the npm package `deno`, the code generators, and containerd's
-# protos (the reference the wire-compatibility test checks against).
+# Debian packages, Deno from the npm package `deno`, the code generators, and containerd's and
+# containerd/cgroups' protos (the references the wire-compatibility test checks against).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -42,6 +42,15 @@ if [ ! -d "$REF/usr/share/gocode/src/github.com/containerd/containerd/api" ]; th
   tmp=$(mktemp -d); chmod 755 "$tmp"
   (cd "$tmp" && apt-get download -qq golang-github-containerd-containerd-dev)
   dpkg -x "$tmp"/golang-github-containerd-containerd-dev_*.deb "$REF"
+  rm -rf "$tmp"
+fi
+# containerd/cgroups' protos: the reference for the task metrics (io.containerd.cgroups.v1/v2).
+CGREF=${CGROUPS_API_REF_DIR:-/var/cache/tainerd/cgroups-ref}
+if [ ! -f "$CGREF/usr/share/gocode/src/github.com/containerd/cgroups/stats/v1/metrics.proto" ]; then
+  mkdir -p "$CGREF"
+  tmp=$(mktemp -d); chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -qq golang-github-containerd-cgroups-dev)
+  dpkg -x "$tmp"/golang-github-containerd-cgroups-dev_*.deb "$CGREF"
   rm -rf "$tmp"
 fi
 echo "setup done: deno $(deno --version | head -1 | cut -d' ' -f2), runc $(runc --version | head -1 | cut -d' ' -f3), ctr $(ctr --version | cut -d' ' -f3)"

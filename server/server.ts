@@ -9,11 +9,24 @@
 import * as http2 from "node:http2";
 import { Code, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { createRegistry } from "@bufbuild/protobuf";
+import { file_io_containerd_cgroups_v1_metrics } from "../api/gen/io/containerd/cgroups/v1/metrics_pb.ts";
+import { file_io_containerd_cgroups_v2_metrics } from "../api/gen/io/containerd/cgroups/v2/metrics_pb.ts";
+import { file_containerd_runtime_v2_runc_options_oci } from "../api/gen/containerd/runtime/v2/runc/options/oci_pb.ts";
+import { EVENT_REGISTRY } from "../plugins/events/registry.ts";
 import type { Logger } from "../log.ts";
 import { failedPrecondition } from "../plugins/errdefs.ts";
 import { NAMESPACE_HEADER } from "./context.ts";
 import { toConnectError } from "./errors.ts";
 import type { GrpcService } from "./service.ts";
+
+/** The message types Any fields may hold, for Connect JSON. */
+const JSON_REGISTRY = createRegistry(
+  EVENT_REGISTRY,
+  file_io_containerd_cgroups_v1_metrics,
+  file_io_containerd_cgroups_v2_metrics,
+  file_containerd_runtime_v2_runc_options_oci,
+);
 
 /** Options for {@link ApiServer.listen}. */
 export interface ServeOptions {
@@ -149,6 +162,8 @@ export class ApiServer {
         for (const s of opts.services) s.register(router);
       },
       interceptors: [edgeInterceptor(opts.log)],
+      // Any fields (events, metrics, runtime options) in Connect JSON need their types.
+      jsonOptions: { registry: JSON_REGISTRY },
       readMaxBytes: opts.maxRecvMessageSize,
       writeMaxBytes: opts.maxSendMessageSize,
       fallback,

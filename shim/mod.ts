@@ -3,7 +3,8 @@
  * the command line (`main.ts`), socket addresses and the bundle's `address` file
  * (`address.ts`), the Task service (`service.ts`) over containers (`container.ts`) and their
  * processes (`process.ts`), the runc driver (`runc.ts`), stdio (`io.ts`, `pty.ts`), the reaper
- * (`reaper.ts`) and the event publisher (`publisher.ts`).
+ * (`reaper.ts`), the event publisher (`publisher.ts`) and the task metrics: the container's
+ * cgroups and their files' parsers (`cgroups.ts`), the statistics messages (`stats.ts`).
  *
  * @module
  */

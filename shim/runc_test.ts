@@ -374,8 +374,11 @@ test("Shim rejects bad input with clear error codes", async (env) => {
   assert.equal(e.code, Code.FailedPrecondition);
   e = await rejection(t.checkpoint({ id: "bad", path: "/tmp/x" }));
   assert.equal(e.code, Code.Unimplemented);
-  e = await rejection(t.stats({ id: "bad" }));
-  assert.equal(e.code, Code.Unimplemented);
+  // a created task has its cgroup statistics (io.containerd.cgroups.v1/v2.Metrics)
+  const stats = await t.stats({ id: "bad" });
+  assert.match(stats.stats?.typeUrl ?? "", /^io\.containerd\.cgroups\.v[12]\.Metrics$/);
+  e = await rejection(t.stats({ id: "nope" }));
+  assert.equal(e.code, Code.NotFound);
 
   // Shutdown is ignored while a task remains.
   await t.shutdown({ id: "bad" });

@@ -37,10 +37,12 @@ import {
 import { validateIdentifier } from "../plugins/identifiers.ts";
 import type { ServiceImpl } from "../ttrpc/server.ts";
 import { VERSION } from "../version.ts";
+import { type Cgroup, cgroupFromSpec, loadCgroup, parseMountinfo } from "./cgroups.ts";
 import { type Container, createContainer, shouldKillAllOnExit } from "./container.ts";
 import { ExecProcess, InitProcess, type Process, type ProcessState } from "./process.ts";
 import { type EventPublisher, Topics } from "./publisher.ts";
 import type { Exit, Reaper } from "./reaper.ts";
+import { cgroupStats } from "./stats.ts";
 
 /** Options of {@linkcode TaskService}. */
 export interface TaskServiceOptions {
@@ -88,6 +90,8 @@ export class TaskService {
   readonly #containers = new Map<string, Container>();
   readonly #creating = new Set<string>();
   readonly #events = new Mutex();
+  /** Each container's cgroup, found when its init was created (containerd's `Cgroup()`). */
+  readonly #cgroups = new Map<string, Cgroup>();
   readonly #log: Logger;
 
   constructor(opts: TaskServiceOptions) {
@@ -113,6 +117,46 @@ export class TaskService {
       );
     }
     return c;
+  }
+
+  /** Records the cgroup of a just-created container's init, from `/proc/<pid>/cgroup`. */
+  async #loadCgroup(c: Container): Promise<void> {
+    if (c.init.pid <= 0) return;
+    try {
+      this.#cgroups.set(c.id, await loadCgroup(c.init.pid));
+    } catch (err) {
+      this.#log.warn("cannot find the cgroup of the container", { id: c.id, error: `${err}` });
+    }
+  }
+
+  /**
+   * The container's cgroup: the one recorded at creation, else (its init gone, or the
+   * shim unable to read it then) the spec's `linux.cgroupsPath` resolved as runc does.
+   */
+  async #cgroupOf(c: Container): Promise<Cgroup | undefined> {
+    const known = this.#cgroups.get(c.id);
+    if (known) return known;
+    const state = c.init.state();
+    if (c.init.pid > 0 && (state === "created" || state === "running" || state === "paused")) {
+      await this.#loadCgroup(c);
+      const found = this.#cgroups.get(c.id);
+      if (found) return found;
+    }
+    try {
+      const spec = JSON.parse(await Deno.readTextFile(`${c.bundle}/config.json`));
+      const path = spec?.linux?.cgroupsPath;
+      if (typeof path !== "string") return undefined;
+      const [mountinfo, self] = await Promise.all([
+        Deno.readTextFile("/proc/self/mountinfo"),
+        Deno.readTextFile("/proc/self/cgroup"),
+      ]);
+      const cg = cgroupFromSpec(path, parseMountinfo(mountinfo), self);
+      if (cg) this.#cgroups.set(c.id, cg);
+      return cg;
+    } catch (err) {
+      this.#log.warn("cannot resolve the cgroup of the container", { id: c.id, error: `${err}` });
+      return undefined;
+    }
   }
 
   #publish = <S extends Parameters<EventPublisher["publish"]>[1]>(
@@ -189,6 +233,7 @@ export class TaskService {
             onExit: this.#onExit,
           });
           this.#containers.set(req.id, c);
+          await this.#loadCgroup(c);
         } finally {
           this.#creating.delete(req.id);
         }
@@ -237,6 +282,7 @@ export class TaskService {
           c.execs.delete(execId);
         } else {
           this.#containers.delete(id);
+          this.#cgroups.delete(id);
           this.#publish(Topics.delete, TaskDeleteSchema, {
             containerId: id,
             pid: p.pid,
@@ -367,12 +413,20 @@ export class TaskService {
         return { exitStatus: exit.status, exitedAt: timestampFromDate(exit.exitedAt) };
       },
 
-      stats: ({ id }) => {
-        this.#container(id);
-        throw notImplemented(
-          `Cannot get the stats of task "${id}": cgroup metrics ` +
-            `(io.containerd.cgroups.v1.Metrics) are not supported yet`,
-        );
+      stats: async ({ id }) => {
+        const c = this.#container(id);
+        const cgroup = await this.#cgroupOf(c);
+        if (cgroup === undefined) {
+          throw notFound(`Cannot get the stats of task "${id}": its cgroup does not exist`);
+        }
+        try {
+          return { stats: await cgroupStats(cgroup) };
+        } catch (err) {
+          if (err instanceof Deno.errors.NotFound) {
+            throw notFound(`Cannot get the stats of task "${id}": its cgroup does not exist`);
+          }
+          throw err;
+        }
       },
 
       connect: ({ id }) => ({

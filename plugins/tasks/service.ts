@@ -14,6 +14,7 @@ import {
   Status,
 } from "../../api/gen/containerd/types/task/task_pb.ts";
 import type { StateResponse } from "../../api/gen/containerd/runtime/v2/task/shim_pb.ts";
+import { MetricSchema } from "../../api/gen/containerd/types/metrics_pb.ts";
 import { namespaceRequired } from "../../server/context.ts";
 import type { GrpcService } from "../../server/service.ts";
 import { invalidArgument, isNotFound, notImplemented } from "../errdefs.ts";
@@ -193,19 +194,26 @@ export const tasksService: Registration<GrpcService> = {
             return {};
           },
           metrics: async (req, ctx) => {
+            // as containerd's getTasksMetrics: a task whose shim cannot give its statistics
+            // is left out (and logged unless it is gone), never failing the whole call
             const ns = namespaceRequired(ctx);
             const filter = parseAll(req.filters);
-            const metrics = [];
-            for (const t of runtime.list(ns)) {
-              if (!filter.match(objectAdaptor({ fields: { id: t.id } }))) continue;
-              const r = await t.task.stats({ id: t.id });
-              metrics.push({
-                timestamp: timestampFromDate(new Date()),
-                id: t.id,
-                data: r.stats,
-              });
-            }
-            return { metrics };
+            const matching = runtime.list(ns).filter((t) =>
+              filter.match(objectAdaptor({ fields: { id: t.id, namespace: ns } }))
+            );
+            const collected = await Promise.all(matching.map(async (t) => {
+              const timestamp = timestampFromDate(new Date());
+              try {
+                const r = await t.task.stats({ id: t.id }, { timeoutMs: 10_000 });
+                return create(MetricSchema, { timestamp, id: t.id, data: r.stats });
+              } catch (err) {
+                if (!isNotFound(err)) {
+                  ic.log.warn(`cannot collect the metrics of task ${t.id}: ${err}`);
+                }
+                return undefined;
+              }
+            }));
+            return { metrics: collected.filter((m) => m !== undefined) };
           },
           wait: async (req, ctx) => {
             const t = runtime.get(namespaceRequired(ctx), req.containerId);

@@ -20,6 +20,13 @@ import { containersService, containersStorePlugin } from "./containers/plugin.ts
 import { imagesService, imagesStorePlugin } from "./images/plugin.ts";
 import { runtimePlugin } from "./runtime/plugin.ts";
 import { tasksService } from "./tasks/service.ts";
+import {
+  nativePlugin,
+  overlayfsPlugin,
+  snapshotsService,
+  snapshotsStorePlugin,
+} from "./snapshots/plugin.ts";
+import { diffService, diffServicePlugin, walkingDifferPlugin } from "./diff/plugin.ts";
 
 /** The builtin plugins. */
 export const BUILTINS: readonly Registration[] = [
@@ -28,6 +35,8 @@ export const BUILTINS: readonly Registration[] = [
   namespacesStorePlugin,
   namespacesService,
   contentPlugin,
+  overlayfsPlugin,
+  nativePlugin,
   leaseManagerPlugin,
   leasesStorePlugin,
   contentStorePlugin,
@@ -42,6 +51,11 @@ export const BUILTINS: readonly Registration[] = [
   imagesService,
   containersStorePlugin,
   containersService,
+  snapshotsStorePlugin,
+  snapshotsService,
+  walkingDifferPlugin,
+  diffServicePlugin,
+  diffService,
   runtimePlugin,
   tasksService,
 ] as readonly Registration[];

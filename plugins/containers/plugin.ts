@@ -22,6 +22,7 @@ import type { GrpcService } from "../../server/service.ts";
 import { invalidArgument } from "../errdefs.ts";
 import { exchangePlugin } from "../events/plugin.ts";
 import { type Filter, objectAdaptor, parseAll } from "../filters/mod.ts";
+import { collectorFor } from "../metadata/gc.ts";
 import { metadataPlugin } from "../metadata/plugin.ts";
 import { namespacesStorePlugin } from "../namespaces/plugin.ts";
 import { PluginType, type Registration } from "../plugin.ts";
@@ -32,7 +33,12 @@ export const containersStorePlugin: Registration<ContainerStore> = {
   type: PluginType.Service,
   id: "containers-service",
   requires: [PluginType.Metadata],
-  init: (ic) => new ContainerStore(ic.get(metadataPlugin), ic.get(namespacesStorePlugin)),
+  init: (ic) => {
+    const db = ic.get(metadataPlugin);
+    const store = new ContainerStore(db, ic.get(namespacesStorePlugin));
+    store.registerGc(collectorFor(db));
+    return store;
+  },
 };
 
 function anyToPb(a: AnyValue | undefined) {

@@ -10,6 +10,7 @@
 import { alreadyExists, invalidArgument, notFound } from "../errdefs.ts";
 import { validateIdentifier, validateLabels } from "../identifiers.ts";
 import { type MetadataDB, nowMs } from "../metadata/db.ts";
+import { type GarbageCollector, GcResource, labelReferences } from "../metadata/gc.ts";
 import type { NamespaceStore } from "../namespaces/store.ts";
 
 /** A protobuf Any, kept as is. */
@@ -112,10 +113,39 @@ function validate(c: Container): void {
 export class ContainerStore {
   readonly #db: MetadataDB;
   readonly #namespaces: NamespaceStore;
+  #gc?: GarbageCollector;
 
   constructor(db: MetadataDB, namespaces: NamespaceStore) {
     this.#db = db;
     this.#namespaces = namespaces;
+  }
+
+  /**
+   * Registers the `container` resource type with the collector, as containerd's GC: every
+   * container is a root that holds its snapshot (`<snapshotter>/<snapshot key>`) and what its
+   * `containerd.io/gc.ref.*` labels name. Changes are reported to the collector from then on.
+   */
+  registerGc(gc: GarbageCollector): void {
+    this.#gc = gc;
+    gc.registerResourceType({
+      type: GcResource.Container,
+      roots: (emit) => {
+        for (
+          const r of this.#db.all<
+            { namespace: string; snapshotter: string; snapshot_key: string; labels: string }
+          >("SELECT namespace, snapshotter, snapshot_key, labels FROM containers")
+        ) {
+          if (r.snapshotter !== "") {
+            emit({
+              type: GcResource.Snapshot,
+              namespace: r.namespace,
+              key: `${r.snapshotter}/${r.snapshot_key}`,
+            });
+          }
+          labelReferences(r.namespace, JSON.parse(r.labels), emit);
+        }
+      },
+    });
   }
 
   #write(ns: string, c: Container, insert: boolean): void {
@@ -186,13 +216,14 @@ export class ContainerStore {
       }
       this.#write(ns, full, true);
     });
+    this.#gc?.mutated();
     return full;
   }
 
   /** Updates fields by mask; with no paths, every mutable field (immutable ones must match). */
   update(ns: string, c: Container, paths: readonly string[]): Container {
     if (!c.id) throw invalidArgument("A container id is required to update a container");
-    return this.#db.transaction(() => {
+    const result = this.#db.transaction(() => {
       const r = this.#row(ns, c.id);
       if (!r) throw notFound(`Container "${c.id}" in namespace "${ns}" not found`);
       const updated = fromRow(r);
@@ -246,6 +277,9 @@ export class ContainerStore {
       this.#write(ns, updated, false);
       return updated;
     });
+    // The old snapshot (or labelled references) may now be unreferenced.
+    this.#gc?.mutated(true);
+    return result;
   }
 
   /** Deletes a container record; NotFound if absent. */
@@ -253,6 +287,7 @@ export class ContainerStore {
     validateIdentifier(id, "container");
     const n = this.#db.run("DELETE FROM containers WHERE namespace = ? AND id = ?", ns, id);
     if (n === 0) throw notFound(`Container "${id}" in namespace "${ns}" not found`);
+    this.#gc?.mutated(true);
   }
 
   /** Every (namespace, container) pair: GC roots for snapshots and images. */

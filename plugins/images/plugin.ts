@@ -22,6 +22,7 @@ import type { GrpcService } from "../../server/service.ts";
 import { invalidArgument } from "../errdefs.ts";
 import { exchangePlugin } from "../events/plugin.ts";
 import { type Filter, objectAdaptor, parseAll } from "../filters/mod.ts";
+import { collectorFor } from "../metadata/gc.ts";
 import { metadataPlugin } from "../metadata/plugin.ts";
 import { namespacesStorePlugin } from "../namespaces/plugin.ts";
 import { PluginType, type Registration } from "../plugin.ts";
@@ -32,7 +33,12 @@ export const imagesStorePlugin: Registration<ImageStore> = {
   type: PluginType.Service,
   id: "images-service",
   requires: [PluginType.Metadata],
-  init: (ic) => new ImageStore(ic.get(metadataPlugin), ic.get(namespacesStorePlugin)),
+  init: (ic) => {
+    const db = ic.get(metadataPlugin);
+    const store = new ImageStore(db, ic.get(namespacesStorePlugin));
+    store.registerGc(collectorFor(db));
+    return store;
+  },
 };
 
 /** The protobuf form of an image. */

@@ -9,6 +9,7 @@
 import { alreadyExists, invalidArgument, notFound } from "../errdefs.ts";
 import { validateLabels } from "../identifiers.ts";
 import { type MetadataDB, nowMs } from "../metadata/db.ts";
+import { type GarbageCollector, GcResource, labelReferences } from "../metadata/gc.ts";
 import type { NamespaceStore } from "../namespaces/store.ts";
 import { validateDigest } from "../content/digest.ts";
 
@@ -79,10 +80,34 @@ function validate(img: Image): void {
 export class ImageStore {
   readonly #db: MetadataDB;
   readonly #namespaces: NamespaceStore;
+  #gc?: GarbageCollector;
 
   constructor(db: MetadataDB, namespaces: NamespaceStore) {
     this.#db = db;
     this.#namespaces = namespaces;
+  }
+
+  /**
+   * Registers the `image` resource type with the collector, as containerd's GC: every image
+   * is a root that holds its target content and what its `containerd.io/gc.ref.*` labels
+   * name (the content's own labels carry the rest: children, config, snapshot chains).
+   * Changes are reported to the collector from then on.
+   */
+  registerGc(gc: GarbageCollector): void {
+    this.#gc = gc;
+    gc.registerResourceType({
+      type: GcResource.Image,
+      roots: (emit) => {
+        for (
+          const r of this.#db.all<{ namespace: string; digest: string; labels: string }>(
+            "SELECT namespace, digest, labels FROM images",
+          )
+        ) {
+          emit({ type: GcResource.Content, namespace: r.namespace, key: r.digest });
+          labelReferences(r.namespace, JSON.parse(r.labels), emit);
+        }
+      },
+    });
   }
 
   #row(ns: string, name: string): Row | undefined {
@@ -145,13 +170,14 @@ export class ImageStore {
       }
       this.#write(ns, full, true);
     });
+    this.#gc?.mutated();
     return full;
   }
 
   /** Updates by field mask; with no paths the image is replaced (created time kept). */
   update(ns: string, img: Image, paths: readonly string[]): Image {
     if (!img.name) throw invalidArgument("An image name is required to update an image");
-    return this.#db.transaction(() => {
+    const result = this.#db.transaction(() => {
       const r = this.#row(ns, img.name);
       if (!r) throw notFound(`Image "${img.name}" in namespace "${ns}" not found`);
       const cur = fromRow(r);
@@ -188,11 +214,15 @@ export class ImageStore {
       this.#write(ns, updated, false);
       return updated;
     });
+    // The old target (or labelled references) may now be unreferenced.
+    this.#gc?.mutated(true);
+    return result;
   }
 
   /** Deletes an image; NotFound if absent. */
   delete(ns: string, name: string): void {
     const n = this.#db.run("DELETE FROM images WHERE namespace = ? AND name = ?", ns, name);
     if (n === 0) throw notFound(`Image "${name}" in namespace "${ns}" not found`);
+    this.#gc?.mutated(true);
   }
 }

@@ -107,6 +107,40 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (namespace, name)
   ) WITHOUT ROWID;
   `,
+  // 4: snapshots per namespace and snapshotter, mapped to backend keys; their labels; the
+  // sequence that makes backend keys unique (kept when a namespace goes, so a recreated
+  // namespace never reuses the backend key of a snapshot the collector has not removed yet).
+  `
+  CREATE TABLE snapshots (
+    namespace TEXT NOT NULL REFERENCES namespaces(name),
+    snapshotter TEXT NOT NULL,
+    key TEXT NOT NULL,
+    backend_key TEXT NOT NULL,
+    parent TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, snapshotter, key)
+  ) WITHOUT ROWID;
+  CREATE INDEX snapshots_by_parent ON snapshots(namespace, snapshotter, parent);
+  CREATE INDEX snapshots_by_backend_key ON snapshots(snapshotter, backend_key);
+  CREATE TABLE snapshot_labels (
+    namespace TEXT NOT NULL,
+    snapshotter TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, snapshotter, snapshot, key),
+    FOREIGN KEY (namespace, snapshotter, snapshot)
+      REFERENCES snapshots(namespace, snapshotter, key) ON DELETE CASCADE
+  ) WITHOUT ROWID;
+  CREATE INDEX snapshot_labels_by_key ON snapshot_labels(key);
+  CREATE TABLE snapshot_sequences (
+    namespace TEXT NOT NULL,
+    snapshotter TEXT NOT NULL,
+    next INTEGER NOT NULL,
+    PRIMARY KEY (namespace, snapshotter)
+  ) WITHOUT ROWID;
+  `,
 ];
 
 /**

@@ -91,6 +91,8 @@ export interface Collectable {
   collect(): Promise<GcStats>;
   onMutation(cb: (deletion: boolean) => void): () => void;
   onCollected(cb: (stats: GcStats) => void): () => void;
+  /** Whether a collection is running (its mark-and-sweep has already happened). */
+  readonly busy?: boolean;
 }
 
 /** The scheduler, parsed config in milliseconds. */
@@ -113,6 +115,9 @@ export class GcScheduler {
   #triggered = false;
   #deletions = 0;
   #mutations = 0;
+  /** Changes made while a collection ran: its mark-and-sweep did not see them. */
+  #lateDeletions = 0;
+  #lateMutations = 0;
   #running?: Promise<unknown>;
   #closed = false;
   #waiters: { resolve: (s: GcStats) => void; reject: (e: unknown) => void }[] = [];
@@ -175,6 +180,10 @@ export class GcScheduler {
   #onMutation(deletion: boolean): void {
     if (deletion) this.#deletions++;
     this.#mutations++;
+    if (this.#collector.busy) {
+      if (deletion) this.#lateDeletions++;
+      this.#lateMutations++;
+    }
     this.#maybeSchedule();
   }
 
@@ -246,8 +255,11 @@ export class GcScheduler {
     this.#gcTime += stats.metadataMs;
     this.#collections++;
     this.#triggered = false;
-    this.#deletions = 0;
-    this.#mutations = 0;
+    // What changed while this collection ran counts toward the next one.
+    this.#deletions = this.#lateDeletions;
+    this.#mutations = this.#lateMutations;
+    this.#lateDeletions = 0;
+    this.#lateMutations = 0;
     if (this.pauseThreshold > 0) {
       const avg = this.#gcTime / this.#collections;
       // containerd's pace, with a floor so an idle daemon does not wake up every few ms.
@@ -257,6 +269,7 @@ export class GcScheduler {
     const waiters = this.#waiters.splice(0);
     for (const w of waiters) w.resolve(stats);
     this.#schedule(this.#interval);
+    this.#maybeSchedule();
   }
 
   /** Stops scheduling and waits for a running collection. */

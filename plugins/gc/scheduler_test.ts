@@ -155,3 +155,35 @@ Deno.test("GcScheduler waits until plugins finished their init before collecting
     await s.close();
   }
 });
+
+Deno.test("GcScheduler does not lose a deletion made while a collection runs", async () => {
+  /** A collector whose collections take a while and report themselves busy meanwhile. */
+  class SlowCollector extends FakeCollector {
+    busy = false;
+    override async collect(): Promise<GcStats> {
+      this.busy = true;
+      await sleep(40);
+      this.busy = false;
+      return super.collect();
+    }
+  }
+  const c = new SlowCollector();
+  const s = new GcScheduler(c, {
+    ...defaultSchedulerConfig(),
+    startup_delay: "1ms",
+    schedule_delay: "5ms",
+    periodic_interval: "0s",
+  });
+  s.start();
+  try {
+    const start = Date.now() + 2000;
+    while (!c.busy && Date.now() < start) await sleep(1);
+    assert.ok(c.busy, "the startup collection is running");
+    c.mutated(true); // after its mark-and-sweep: only a next collection can see it
+    const deadline = Date.now() + 2000;
+    while (c.runs < 2 && Date.now() < deadline) await sleep(10);
+    assert.equal(c.runs, 2, "a second collection followed the late deletion");
+  } finally {
+    await s.close();
+  }
+});

@@ -18,8 +18,11 @@ export async function main(args: string[]): Promise<void> {
   }
 }
 
-if (import.meta.main) {
-  const shim = shimArgs(Deno.args);
+/** Runs the program: the shim when invoked as one, else the command line. */
+export async function run(args: string[]): Promise<void> {
+  const shim = shimArgs(args);
   if (shim !== null) await (await import("./shim/main.ts")).runShim(shim);
-  else await main(Deno.args);
+  else await main(args);
 }
+
+if (import.meta.main) await run(Deno.args);

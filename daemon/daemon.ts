@@ -10,6 +10,7 @@ import { isLogLevel, Logger, type LogLevel } from "../log.ts";
 import { failedPrecondition, invalidArgument } from "../plugins/errdefs.ts";
 import { BUILTINS } from "../plugins/builtins.ts";
 import { PluginSet, type Registration } from "../plugins/plugin.ts";
+import { Notifier } from "./notify.ts";
 import { ApiServer } from "../server/server.ts";
 import { isGrpcService, isTtrpcService } from "../server/service.ts";
 import { TtrpcServer } from "../ttrpc/server.ts";
@@ -173,8 +174,21 @@ async function lockRoot(root: string): Promise<Deno.FsFile> {
 
 /** Runs the daemon in the foreground until SIGTERM or SIGINT. */
 export async function runDaemon(flags: DaemonFlags, defaultConfigPath: string): Promise<void> {
+  // Taken (and removed from the environment) before any child process can inherit it.
+  const notifier = Notifier.fromEnv();
   const config = await resolveConfig(flags, defaultConfigPath);
   const daemon = await Daemon.start(config);
+  const notify = (fn: (n: Notifier) => void) => {
+    try {
+      if (notifier) fn(notifier);
+    } catch (err) {
+      daemon.log.warn("cannot notify the service manager", {
+        socket: notifier?.address,
+        error: err instanceof Error ? err.message : String(err),
+      });
+    }
+  };
+  notify((n) => n.ready(`serving on ${config.grpc.address}`));
   await new Promise<void>((resolve) => {
     const onSignal = (sig: Deno.Signal) => () => {
       daemon.log.info(`received ${sig}, shutting down`);
@@ -185,5 +199,6 @@ export async function runDaemon(flags: DaemonFlags, defaultConfigPath: string): 
     Deno.addSignalListener("SIGTERM", term);
     Deno.addSignalListener("SIGINT", int);
   });
+  notify((n) => n.stopping("shutting down"));
   await daemon.stop();
 }

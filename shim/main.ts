@@ -28,6 +28,7 @@
  * @module
  */
 
+import { fileURLToPath } from "node:url";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AnySchema, timestampNow } from "@bufbuild/protobuf/wkt";
 import { OptionsSchema } from "../api/gen/containerd/runtime/v2/runc/options/oci_pb.ts";
@@ -48,7 +49,7 @@ import {
 } from "../sys/libc.ts";
 import { unmountAll } from "../sys/mount.ts";
 import { TtrpcServer } from "../ttrpc/server.ts";
-import { VERSION } from "../version.ts";
+import { isBundled, VERSION } from "../version.ts";
 import {
   canConnect,
   readAddress,
@@ -153,12 +154,17 @@ function writeAllSync(file: { writeSync(p: Uint8Array): number }, data: Uint8Arr
 }
 
 /**
- * The command that re-executes this program: the compiled binary itself, or
+ * The command that re-executes this program: the compiled binary itself, a bundle as
+ * `deno run -A --no-config <bundle.js>` (it needs nothing beside it), or the source as
  * `deno run -A [--config <deno.json>] <main module>`.
  */
 export function selfCommand(): { command: string; args: string[] } {
   if (Deno.build.standalone) return { command: Deno.execPath(), args: [] };
   const main = Deno.mainModule;
+  if (isBundled()) {
+    const path = main.startsWith("file:") ? fileURLToPath(main) : main;
+    return { command: Deno.execPath(), args: ["run", "-A", "--no-config", path] };
+  }
   const args = ["run", "-A"];
   if (main.startsWith("file:")) {
     let dir = new URL(".", main).pathname.replace(/\/$/, "");

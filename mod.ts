@@ -16,3 +16,18 @@ export { type ClientOptions, TainerdClient } from "./client/client.ts";
 export { type ErrorKind, isKind, isNotFound, TainerdError } from "./plugins/errdefs.ts";
 export { LEASE_HEADER, NAMESPACE_HEADER } from "./server/context.ts";
 export { PACKAGE, revisionOf, VERSION } from "./version.ts";
+export * from "./images/mod.ts";
+export * from "./client/images.ts";
+export {
+  type ContentInfo,
+  contentInfo,
+  contentProvider,
+  distributionSourceLabel,
+  type LeaseOptions,
+  openWriter,
+  readBlob,
+  setContentLabels,
+  withLease,
+  writeBlob,
+} from "./client/images_content.ts";
+export { parseReference, Reference } from "./images/reference/mod.ts";

@@ -14,6 +14,10 @@ import { formatPlatform } from "../plugins/platforms.ts";
 import { revisionOf, VERSION } from "../version.ts";
 import { formatLabels, formatTable, parseLabelArgs } from "./table.ts";
 import { contentCommand, leasesCommand } from "./content.ts";
+import { imagesCommand } from "./images.ts";
+import { runCommand } from "./run.ts";
+import { containersCommand, tasksCommand } from "./run_tasks.ts";
+import { installCommand } from "./install.ts";
 
 /** Global client options. */
 interface GlobalOptions {
@@ -203,5 +207,10 @@ export function buildCli(): Command {
     );
   program.addCommand(contentCommand(withClient));
   program.addCommand(leasesCommand(withClient));
+  program.addCommand(installCommand());
+  program.addCommand(imagesCommand(withClient));
+  program.addCommand(runCommand(withClient));
+  program.addCommand(containersCommand(withClient));
+  program.addCommand(tasksCommand(withClient));
   return program;
 }

@@ -7,6 +7,11 @@
  * deno run -A scripts/build.ts compile [--out-dir dist]  # dist/tainerd, a standalone binary
  * ```
  *
+ * Both also write `dist/containerd-shim-tainerd-v2`, the shim under the name containerd looks
+ * up on PATH for the runtime `io.containerd.tainerd.v2` (a launcher of `tainerd.js shim` for
+ * the bundle, a symlink to the binary for compile): put it on containerd's PATH and run
+ * `ctr run --runtime io.containerd.tainerd.v2 …`.
+ *
  * (`deno task bundle`, `deno task compile`.) Both start from a generated entry point that
  * stamps the git revision and calls `main.ts`'s `run()`; it lives in a scratch directory under
  * `dist/` (ignored by git) for the duration of the build, so the tree is never left dirty.
@@ -31,6 +36,20 @@ export const BUNDLE_WRAPPER = `#!/bin/sh
 here=$(dirname "$(readlink -f "$0")")
 export DENO_NO_UPDATE_CHECK=1
 exec "\${TAINERD_DENO:-deno}" run -A --no-config "$here/tainerd.js" "$@"
+`;
+
+/** The file name containerd resolves the runtime `io.containerd.tainerd.v2` to. */
+export const SHIM_BINARY_NAME = "containerd-shim-tainerd-v2";
+
+/**
+ * The `dist/containerd-shim-tainerd-v2` launcher of a bundle: tainerd.js's shim (beside this
+ * script, symlinks resolved), for containerd to run as a shim v2 binary.
+ */
+export const BUNDLE_SHIM_WRAPPER = `#!/bin/sh
+# tainerd's shim, bundled, as containerd's shim v2 binary for io.containerd.tainerd.v2.
+here=$(dirname "$(readlink -f "$0")")
+export DENO_NO_UPDATE_CHECK=1
+exec "\${TAINERD_DENO:-deno}" run -A --no-config "$here/tainerd.js" shim "$@"
 `;
 
 /** The revision to stamp: `TAINERD_REVISION`, else `git rev-parse` (".m" when modified). */
@@ -160,7 +179,8 @@ export async function build(opts: BuildOptions): Promise<string[]> {
     if (opts.kind === "bundle") {
       await install(`${outDir}/tainerd.js`, js, 0o755);
       await install(`${outDir}/tainerd`, BUNDLE_WRAPPER, 0o755);
-      return [`${outDir}/tainerd.js`, `${outDir}/tainerd`];
+      await install(`${outDir}/${SHIM_BINARY_NAME}`, BUNDLE_SHIM_WRAPPER, 0o755);
+      return [`${outDir}/tainerd.js`, `${outDir}/tainerd`, `${outDir}/${SHIM_BINARY_NAME}`];
     }
     await Deno.writeTextFile(`${scratch}/tainerd.js`, js);
     const bin = `${scratch}/tainerd`;
@@ -175,7 +195,11 @@ export async function build(opts: BuildOptions): Promise<string[]> {
       throw new BuildError(`${denortHelp()}\n\n${(err as Error).message}`);
     }
     await install(`${outDir}/tainerd`, await Deno.readFile(bin), 0o755);
-    return [`${outDir}/tainerd`];
+    // The compiled binary runs as the shim when invoked under the shim's name.
+    const link = `${outDir}/${SHIM_BINARY_NAME}`;
+    await Deno.remove(link).catch(() => {});
+    await Deno.symlink("tainerd", link);
+    return [`${outDir}/tainerd`, link];
   } finally {
     await Deno.remove(scratch, { recursive: true }).catch(() => {});
   }

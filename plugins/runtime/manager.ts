@@ -6,6 +6,12 @@
  * bundles; shims that are gone are cleaned up with their `delete` action and their exit is
  * published.
  *
+ * The shim is tainerd's own (`tainerd shim …`) for the runc runtimes, or an external shim
+ * binary (containerd's `containerd-shim-runc-v2`, …) resolved as containerd does (see
+ * `binary.ts`); an external shim is run exactly as containerd runs it (same flags, `GOMAXPROCS`,
+ * `TTRPC_ADDRESS`, options on stdin, the `log` FIFO in the bundle) and its path is kept in the
+ * bundle's `shim-binary-path` for the reconnect after a daemon restart.
+ *
  * @module
  */
 
@@ -25,6 +31,11 @@ import { createTtrpcClient, TtrpcClient, type TtrpcServiceClient } from "../../t
 import { alreadyExists, failedPrecondition, internal, notFound } from "../errdefs.ts";
 import type { Exchange } from "../events/exchange.ts";
 import { validateIdentifier } from "../identifiers.ts";
+import { defaultRuntimeConfig, resolveShimBinary, type RuntimeConfig } from "./binary.ts";
+import { ShimLog } from "./shim_log.ts";
+
+/** The bundle file naming an external shim binary, as containerd 1.6's. */
+const SHIM_BINARY_FILE = "shim-binary-path";
 
 /** A protobuf Any. */
 export interface AnyValue {
@@ -57,16 +68,35 @@ export class ShimTask {
   readonly address: string;
   readonly client: TtrpcClient;
   readonly task: TtrpcServiceClient<typeof Task>;
+  /** The external shim binary, or null for tainerd's own shim. */
+  readonly binary: string | null;
+  /** The drained `log` FIFO of an external shim. */
+  shimLog?: ShimLog;
   /** Set once the task is deleted or its shim is gone. */
   closed = false;
 
-  constructor(namespace: string, id: string, bundle: string, address: string, client: TtrpcClient) {
+  constructor(
+    namespace: string,
+    id: string,
+    bundle: string,
+    address: string,
+    client: TtrpcClient,
+    binary: string | null = null,
+  ) {
     this.namespace = namespace;
     this.id = id;
     this.bundle = bundle;
     this.address = address;
     this.client = client;
+    this.binary = binary;
     this.task = createTtrpcClient(Task, client);
+  }
+
+  /** Closes the connection (the shim keeps running) and the log FIFO. */
+  close(): void {
+    this.closed = true;
+    this.client.close();
+    this.shimLog?.close();
   }
 }
 
@@ -84,6 +114,8 @@ export interface RuntimeManagerOptions {
   ttrpcAddress: string;
   events: Exchange;
   log: Logger;
+  /** The plugin config (shim binaries per runtime); default: tainerd's shim for runc. */
+  config?: RuntimeConfig;
   /** How long a shim may take to answer on reconnect. */
   loadTimeoutMs?: number;
 }
@@ -98,6 +130,15 @@ export class RuntimeManager {
 
   constructor(opts: RuntimeManagerOptions) {
     this.#opts = opts;
+  }
+
+  /**
+   * The external shim binary serving `runtime`, or null for tainerd's own shim.
+   *
+   * @throws {TainerdError} NotFound when the runtime's shim binary does not exist
+   */
+  resolve(runtime: string): string | null {
+    return resolveShimBinary(runtime, this.#opts.config ?? defaultRuntimeConfig());
   }
 
   #key(ns: string, id: string): string {
@@ -139,13 +180,20 @@ export class RuntimeManager {
     if (this.#tasks.has(key) || this.#creating.has(key)) {
       throw alreadyExists(`Container "${id}" in namespace "${ns}" already has a task`);
     }
+    const binary = this.resolve(opts.runtime);
     this.#creating.add(key);
     const bundle = this.bundlePath(ns, id);
     let shim: ShimTask | undefined;
+    let shimLog: ShimLog | undefined;
     try {
       await this.#newBundle(ns, id, opts.spec);
-      const address = await this.#startShim(ns, id, bundle, opts.runtimeOptions);
-      shim = await this.#connect(ns, id, bundle, address);
+      if (binary !== null) {
+        await Deno.writeTextFile(`${bundle}/${SHIM_BINARY_FILE}`, binary, { mode: 0o600 });
+        shimLog = this.#openShimLog(ns, id, bundle);
+      }
+      const address = await this.#startShim(binary, ns, id, bundle, opts.runtimeOptions);
+      shim = await this.#connect(ns, id, bundle, address, binary);
+      shim.shimLog = shimLog;
       const req: MessageInitShape<typeof CreateTaskRequestSchema> = {
         id,
         bundle,
@@ -163,9 +211,10 @@ export class RuntimeManager {
       if (shim) {
         shim.closed = true;
         await shim.task.shutdown({ id, now: true }).catch(() => {});
-        shim.client.close();
+        shim.close();
       }
-      await this.#runShimDelete(ns, id, bundle).catch(() => {});
+      await this.#runShimDelete(binary, ns, id, bundle).catch(() => {});
+      shimLog?.close();
       await this.#removeBundle(ns, id);
       throw err;
     } finally {
@@ -183,7 +232,7 @@ export class RuntimeManager {
     t.closed = true;
     this.#tasks.delete(this.#key(ns, id));
     await t.task.shutdown({ id }).catch(() => {});
-    t.client.close();
+    t.close();
     await this.#removeBundle(ns, id);
     return {
       pid: res.pid,
@@ -229,13 +278,32 @@ export class RuntimeManager {
     await Deno.remove(`${this.#opts.root}/${ns}/${id}`, { recursive: true }).catch(() => {});
   }
 
-  #shimArgs(ns: string, id: string, extra: string[]): { command: string; args: string[] } {
-    const self = selfCommand();
+  #openShimLog(ns: string, id: string, bundle: string): ShimLog | undefined {
+    try {
+      return ShimLog.open(bundle, this.#opts.log.child({ namespace: ns, id, source: "shim" }));
+    } catch (err) {
+      this.#opts.log.warn("cannot open the shim log FIFO", {
+        namespace: ns,
+        id,
+        error: (err as Error).message,
+      });
+      return undefined;
+    }
+  }
+
+  /** The shim command line, as containerd's `shim.Command` for an external binary. */
+  #shimArgs(
+    binary: string | null,
+    ns: string,
+    id: string,
+    extra: string[],
+  ): { command: string; args: string[] } {
+    const self = binary === null ? selfCommand() : { command: binary, args: [] };
     return {
       command: self.command,
       args: [
         ...self.args,
-        "shim",
+        ...(binary === null ? ["shim"] : []),
         "-namespace",
         ns,
         "-address",
@@ -249,7 +317,9 @@ export class RuntimeManager {
     };
   }
 
-  #shimEnv(): Record<string, string> {
+  #shimEnv(binary: string | null): Record<string, string> {
+    // containerd's environment for a shim (Go shims: at most two OS threads).
+    if (binary !== null) return { TTRPC_ADDRESS: this.#opts.ttrpcAddress, GOMAXPROCS: "2" };
     // Shim sockets live in <dir>/s/<64 hex>; a unix socket path has at most 106 bytes, so a
     // long state directory falls back to /run/tainerd (the hash keeps daemons apart).
     const dir = `${this.#opts.daemonState}/s/`.length + 64 <= 106
@@ -259,18 +329,19 @@ export class RuntimeManager {
   }
 
   async #startShim(
+    binary: string | null,
     ns: string,
     id: string,
     bundle: string,
     runtimeOptions?: AnyValue,
   ): Promise<string> {
-    const { command, args } = this.#shimArgs(ns, id, ["start"]);
+    const { command, args } = this.#shimArgs(binary, ns, id, ["start"]);
     // The shim outlives the daemon: it must not inherit the daemon's sockets.
     cloexecAll();
     const child = new Deno.Command(command, {
       args,
       cwd: bundle,
-      env: this.#shimEnv(),
+      env: this.#shimEnv(binary),
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
@@ -292,27 +363,33 @@ export class RuntimeManager {
     return stdout;
   }
 
-  async #connect(ns: string, id: string, bundle: string, address: string): Promise<ShimTask> {
+  async #connect(
+    ns: string,
+    id: string,
+    bundle: string,
+    address: string,
+    binary: string | null,
+  ): Promise<ShimTask> {
     const client = await TtrpcClient.connect(address.slice("unix://".length));
-    const t = new ShimTask(ns, id, bundle, address, client);
+    const t = new ShimTask(ns, id, bundle, address, client, binary);
     client.done.then(() => {
       if (!t.closed) {
         this.#opts.log.warn("shim connection lost", { namespace: ns, id });
-        t.closed = true;
+        t.close();
         this.#tasks.delete(this.#key(ns, id));
-        void this.#cleanupDeadShim(ns, id, bundle);
+        void this.#cleanupDeadShim(binary, ns, id, bundle);
       }
     });
     return t;
   }
 
   /** Runs the shim's `delete` action on a bundle and parses its DeleteResponse. */
-  async #runShimDelete(ns: string, id: string, bundle: string) {
-    const { command, args } = this.#shimArgs(ns, id, ["-bundle", bundle, "delete"]);
+  async #runShimDelete(binary: string | null, ns: string, id: string, bundle: string) {
+    const { command, args } = this.#shimArgs(binary, ns, id, ["-bundle", bundle, "delete"]);
     const out = await new Deno.Command(command, {
       args,
       cwd: bundle,
-      env: this.#shimEnv(),
+      env: this.#shimEnv(binary),
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -326,13 +403,18 @@ export class RuntimeManager {
   }
 
   /** A shim died: clean its bundle, publish the exit and the delete. */
-  async #cleanupDeadShim(namespace: string, id: string, bundle: string): Promise<void> {
+  async #cleanupDeadShim(
+    binary: string | null,
+    namespace: string,
+    id: string,
+    bundle: string,
+  ): Promise<void> {
     const t = { namespace, id, bundle };
     let pid = 0;
     let status = 255;
     let exitedAt = new Date();
     try {
-      const res = await this.#runShimDelete(t.namespace, t.id, t.bundle);
+      const res = await this.#runShimDelete(binary, t.namespace, t.id, t.bundle);
       pid = res.pid;
       status = res.exitStatus;
       if (res.exitedAt) {
@@ -405,37 +487,40 @@ export class RuntimeManager {
     } catch {
       // No address: the shim never came up.
     }
+    let binary: string | null = null;
+    try {
+      binary = (await Deno.readTextFile(`${bundle}/${SHIM_BINARY_FILE}`)).trim() || null;
+    } catch {
+      // tainerd's own shim
+    }
     const log = this.#opts.log.child({ namespace: ns, id });
     if (address) {
       try {
         const t = await withTimeout(
-          this.#connect(ns, id, bundle, address),
+          this.#connect(ns, id, bundle, address, binary),
           timeoutMs,
           `connect to the shim of "${id}"`,
         );
         try {
           await t.task.connect({ id }, { timeoutMs });
+          if (binary !== null) t.shimLog = this.#openShimLog(ns, id, bundle);
           this.#tasks.set(this.#key(ns, id), t);
-          log.info("reconnected to shim");
+          log.info("reconnected to shim", binary === null ? {} : { binary });
           return;
         } catch (err) {
-          t.closed = true;
-          t.client.close();
+          t.close();
           throw err;
         }
       } catch (err) {
         log.warn(`shim unreachable, cleaning up: ${(err as Error).message}`);
       }
     }
-    await this.#cleanupDeadShim(ns, id, bundle);
+    await this.#cleanupDeadShim(binary, ns, id, bundle);
   }
 
   /** Closes connections to every shim (the shims and their containers keep running). */
   close(): void {
-    for (const t of this.#tasks.values()) {
-      t.closed = true;
-      t.client.close();
-    }
+    for (const t of this.#tasks.values()) t.close();
     this.#tasks.clear();
   }
 }

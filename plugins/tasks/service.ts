@@ -23,12 +23,6 @@ import { objectAdaptor, parseAll } from "../filters/mod.ts";
 import { PluginType, type Registration } from "../plugin.ts";
 import { runtimePlugin } from "../runtime/plugin.ts";
 
-/** The runtimes tainerd runs tasks with. */
-export const SUPPORTED_RUNTIMES: readonly string[] = [
-  "io.containerd.runc.v2",
-  "io.containerd.runc.v1",
-];
-
 function processOf(containerId: string, s: StateResponse): Process {
   return create(ProcessSchema, {
     containerId,
@@ -62,11 +56,9 @@ export const tasksService: Registration<GrpcService> = {
               throw notImplemented("Restoring a task from a checkpoint is not supported yet");
             }
             const name = c.runtime.name;
-            if (!SUPPORTED_RUNTIMES.includes(name)) {
-              throw notImplemented(
-                `Runtime "${name}" is not supported (use io.containerd.runc.v2)`,
-              );
-            }
+            // tainerd's shim for the runc runtimes, else the runtime's shim binary
+            // (containerd's resolution); a missing binary fails here, before any bundle.
+            runtime.resolve(name);
             if (!c.spec) throw invalidArgument(`Container "${c.id}" has no spec`);
             const t = await runtime.create(ns, c.id, {
               spec: c.spec.value,

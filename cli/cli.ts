@@ -17,7 +17,9 @@ import { contentCommand, leasesCommand } from "./content.ts";
 import { imagesCommand } from "./images.ts";
 import { runCommand } from "./run.ts";
 import { containersCommand, tasksCommand } from "./run_tasks.ts";
+import { eventsCommand } from "./events.ts";
 import { installCommand } from "./install.ts";
+import { snapshotsCommand } from "./snapshots.ts";
 
 /** Global client options. */
 interface GlobalOptions {
@@ -209,8 +211,10 @@ export function buildCli(): Command {
   program.addCommand(leasesCommand(withClient));
   program.addCommand(installCommand());
   program.addCommand(imagesCommand(withClient));
+  program.addCommand(snapshotsCommand(withClient));
   program.addCommand(runCommand(withClient));
   program.addCommand(containersCommand(withClient));
   program.addCommand(tasksCommand(withClient));
+  program.addCommand(eventsCommand(withClient));
   return program;
 }

@@ -31,6 +31,7 @@ import { push } from "../images/push.ts";
 import type { RegistryOptions } from "../images/registry_options.ts";
 import { DEFAULT_SNAPSHOTTER, unpack } from "../images/unpack.ts";
 import { isNotFound } from "../plugins/errdefs.ts";
+import { addImageMountCommands } from "./images_mount.ts";
 import { ProgressDisplay, tabwrite } from "./images_progress.ts";
 import { parseLabelArgs } from "./table.ts";
 import { bytesSize } from "./images_progress.ts";
@@ -334,6 +335,7 @@ export function imagesCommand(withClient: WithClient): Command {
       })
     );
 
+  addImageMountCommands(images, withClient);
   return images;
 }
 

@@ -22,12 +22,23 @@ import { DEFAULT_SNAPSHOTTER, imageRootfs, isUnpacked, unpack } from "../images/
 import {
   defaultSpec,
   encodeSpec,
+  hostDevices,
+  parseMountFlag,
+  type Spec,
   SPEC_TYPE_URL,
+  withCpus,
   withEnv,
+  withHostname,
   withHostNetwork,
   withImageConfig,
+  withMemoryLimit,
+  withMounts,
+  withPrivileged,
+  withReadonlyRootfs,
   withTty,
+  withUser,
 } from "../oci/spec.ts";
+import { withReadonlyTempMount } from "../sys/mount.ts";
 import { isNotFound } from "../plugins/errdefs.ts";
 import { signalNumber } from "../sys/libc.ts";
 import { consoleSize, type FifoPaths, rawTerminal, TaskIO } from "./run_io.ts";
@@ -55,6 +66,30 @@ export interface RunOptions {
   platform?: string;
   cwd?: string;
   runtime?: string;
+  user?: string;
+  mount?: string[];
+  hostname?: string;
+  cpus?: string;
+  memoryLimit?: string;
+  privileged?: boolean;
+  readOnly?: boolean;
+}
+
+/** Applies the command line's spec options (all but the user, which needs the rootfs). */
+export function applyRunOptions(spec: Spec, o: RunOptions): void {
+  withEnv(spec, o.env ?? []);
+  if (o.cwd) spec.process.cwd = o.cwd;
+  if (o.mount?.length) withMounts(spec, o.mount.map(parseMountFlag));
+  if (o.hostname) withHostname(spec, o.hostname);
+  if (o.cpus !== undefined) withCpus(spec, Number(o.cpus));
+  if (o.memoryLimit !== undefined) withMemoryLimit(spec, Number(o.memoryLimit));
+  if (o.privileged) withPrivileged(spec, hostDevices());
+  if (o.readOnly) withReadonlyRootfs(spec);
+}
+
+/** Whether resolving `user` needs the rootfs's /etc/passwd or /etc/group (not `uid:gid`). */
+function needsRootfs(user: string): boolean {
+  return !/^\d+:\d+$/.test(user);
 }
 
 /** Finds an image by its exact name, else by its normalised reference. */
@@ -100,8 +135,7 @@ export async function createContainer(
     Entrypoint: config.Entrypoint ?? [],
     Cmd: config.Cmd ?? [],
   }, args);
-  withEnv(spec, o.env ?? []);
-  if (o.cwd) spec.process.cwd = o.cwd;
+  applyRunOptions(spec, o);
   if (o.tty) {
     withTty(spec);
     const size = consoleSize();
@@ -119,13 +153,19 @@ export async function createContainer(
     ...parseLabelArgs(o.label ?? []),
   };
   if (config.StopSignal) labels[STOP_SIGNAL_LABEL] = config.StopSignal;
+  const user = o.user ?? config.User ?? "";
 
   // Under a lease, as containerd's NewContainer: until the container holds the snapshot,
   // the lease does (the garbage collector may run in between).
   await withLease(c, async (leased) => {
     const snapshots = leased.service(Snapshots);
-    await snapshots.prepare({ snapshotter, key: id, parent: root.chainId });
+    const { mounts } = await snapshots.prepare({ snapshotter, key: id, parent: root.chainId });
     try {
+      // As containerd's WithUser: names come from the image's /etc/passwd and /etc/group,
+      // read through a read-only temporary mount of the container's snapshot.
+      if (user && needsRootfs(user)) {
+        await withReadonlyTempMount(mounts, (dir) => withUser(spec, user, dir));
+      } else if (user) await withUser(spec, user, "/nonexistent");
       await leased.service(Containers).create({
         container: {
           id,
@@ -276,19 +316,9 @@ export async function runAttached(c: TainerdClient, p: AttachedProcess): Promise
   }
 }
 
-/** `tainerd run`. Calls `exit` with the task's exit status. */
-export function runCommand(
-  withClient: (fn: (c: TainerdClient) => Promise<void>) => Promise<void>,
-  exit: (code: number) => void = (code) => Deno.exit(code),
-): Command {
-  return new Command("run")
-    .description("run a container from an image (as ctr run)")
-    .argument("<image>", "the image")
-    .argument("<id>", "the container id")
-    .argument("[command...]", "the command and its arguments (default: the image's)")
-    .option("--rm", "remove the container (and its snapshot) when the task exits")
-    .option("-d, --detach", "start the task and return")
-    .option("-t, --tty", "allocate a terminal")
+/** Adds the container options `run` and `containers create` share (as ctr's). */
+export function addSpecOptions(cmd: Command): Command {
+  return cmd
     .option("--net-host", "share the host's network namespace")
     .option("--env <K=V>", "an environment variable (repeatable)", collect)
     .addOption(
@@ -300,6 +330,33 @@ export function runCommand(
     .option("--platform <platform>", "the image platform to run")
     .option("--cwd <dir>", "the working directory")
     .option("--runtime <name>", "the runtime", DEFAULT_RUNTIME)
+    .option("-u, --user <user>", "the user: <name|uid>[:<group|gid>] (names from the image)")
+    .option(
+      "--mount <spec>",
+      "a mount: type=bind,src=/a,dst=/b,options=rbind:ro (repeatable)",
+      collect,
+    )
+    .option("--hostname <name>", "the container's hostname")
+    .option("--cpus <n>", "CPUs the container may use (CFS quota over a 100ms period)")
+    .option("--memory-limit <bytes>", "the memory limit in bytes")
+    .option("--privileged", "every capability and host device, nothing masked")
+    .option("--read-only", "a read-only root filesystem");
+}
+
+/** `tainerd run`. Calls `exit` with the task's exit status. */
+export function runCommand(
+  withClient: (fn: (c: TainerdClient) => Promise<void>) => Promise<void>,
+  exit: (code: number) => void = (code) => Deno.exit(code),
+): Command {
+  const cmd = new Command("run")
+    .description("run a container from an image (as ctr run)")
+    .argument("<image>", "the image")
+    .argument("<id>", "the container id")
+    .argument("[command...]", "the command and its arguments (default: the image's)")
+    .option("--rm", "remove the container (and its snapshot) when the task exits")
+    .option("-d, --detach", "start the task and return")
+    .option("-t, --tty", "allocate a terminal");
+  return addSpecOptions(cmd)
     .passThroughOptions()
     .action(async (imageRef: string, id: string, args: string[], o: RunOptions) => {
       if (o.rm && o.detach) throw new Error("--rm and --detach cannot be used together");

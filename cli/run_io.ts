@@ -59,6 +59,16 @@ export class TaskIO {
     return io;
   }
 
+  /**
+   * Attaches to FIFOs that already exist (a task created by another client, as `ctr task
+   * attach`): they are opened and copied, never created nor removed.
+   */
+  static attach(paths: FifoPaths): TaskIO {
+    const io = new TaskIO("", paths);
+    io.#start();
+    return io;
+  }
+
   #start(): void {
     const { stdin, stdout, stderr } = this.paths;
     const copyOut = (path: string, target: { write(p: Uint8Array): Promise<number> }) => {
@@ -139,7 +149,7 @@ export class TaskIO {
     try {
       this.#stdinFile?.close();
     } catch { /* closed */ }
-    await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+    if (this.#dir) await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
   }
 }
 

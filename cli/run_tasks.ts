@@ -1,12 +1,16 @@
 /**
- * `tainerd containers …` and `tainerd tasks …`: list, inspect and remove containers; list,
- * kill, remove and exec into tasks — with ctr's flags and output.
+ * `tainerd containers …` and `tainerd tasks …`: create, list, inspect, label and remove
+ * containers; start, list, inspect, signal, pause, resume, measure, attach to, remove and
+ * exec into tasks — with ctr's flags and output.
  *
  * @module
  */
 
 import { Command } from "commander";
+import { fromBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import * as cgroupsV1 from "../api/gen/io/containerd/cgroups/v1/metrics_pb.ts";
+import * as cgroupsV2 from "../api/gen/io/containerd/cgroups/v2/metrics_pb.ts";
 import { Containers } from "../api/gen/containerd/services/containers/v1/containers_pb.ts";
 import { Tasks } from "../api/gen/containerd/services/tasks/v1/tasks_pb.ts";
 import { Status } from "../api/gen/containerd/types/task/task_pb.ts";
@@ -14,8 +18,16 @@ import type { TainerdClient } from "../client/client.ts";
 import { isNotFound } from "../plugins/errdefs.ts";
 import { signalNumber } from "../sys/libc.ts";
 import { withEnv } from "../oci/spec.ts";
-import { deleteContainer, runAttached } from "./run.ts";
-import { formatTable } from "./table.ts";
+import {
+  addSpecOptions,
+  createContainer,
+  deleteContainer,
+  runAttached,
+  type RunOptions,
+  runTask,
+} from "./run.ts";
+import { TaskIO } from "./run_io.ts";
+import { formatTable, parseLabelArgs } from "./table.ts";
 
 /** Runs `fn` with a client of the daemon the global options name. */
 export type WithClient = (fn: (c: TainerdClient) => Promise<void>) => Promise<void>;
@@ -54,7 +66,7 @@ async function taskStatus(c: TainerdClient, id: string): Promise<Status | undefi
 /** `tainerd containers …`. */
 export function containersCommand(withClient: WithClient): Command {
   const cmd = new Command("containers").alias("container").alias("c")
-    .description("manage containers");
+    .description("manage containers").enablePositionalOptions();
   cmd.command("ls").alias("list")
     .description("list containers")
     .argument("[filters...]")
@@ -70,6 +82,35 @@ export function containersCommand(withClient: WithClient): Command {
           ["CONTAINER", "IMAGE", "RUNTIME"],
           ...containers.map((x) => [x.id, x.image || "-", x.runtime?.name ?? ""]),
         ]));
+      })
+    );
+  addSpecOptions(
+    cmd.command("create")
+      .description("create a container from an image (as ctr containers create)")
+      .argument("<image>", "the image")
+      .argument("<id>", "the container id")
+      .argument("[command...]", "the command and its arguments (default: the image's)")
+      .option("-t, --tty", "allocate a terminal"),
+  )
+    .passThroughOptions()
+    .action((image: string, id: string, args: string[], o: RunOptions) =>
+      withClient(async (c) => {
+        await createContainer(c, image, id, args, o);
+      })
+    );
+  cmd.command("label")
+    .description("set and clear labels of a container (key= clears)")
+    .argument("<id>")
+    .argument("[labels...]", "labels as key=value")
+    .action((id: string, labels: string[]) =>
+      withClient(async (c) => {
+        const parsed = parseLabelArgs(labels);
+        const { container } = await c.service(Containers).update({
+          container: { id, labels: parsed },
+          updateMask: { paths: Object.keys(parsed).map((k) => `labels.${k}`) },
+        });
+        const set = Object.entries(container?.labels ?? {}).map(([k, v]) => `${k}=${v}`);
+        out(set.join(",") + "\n");
       })
     );
   cmd.command("info")
@@ -154,6 +195,59 @@ export function tasksCommand(withClient: WithClient): Command {
         ]));
       })
     );
+  cmd.command("start")
+    .description("start a container's task; attached (exits with its status) unless -d")
+    .argument("<id>", "the container")
+    .option("-d, --detach", "start the task and return")
+    .option("--null-io", "send the task's stdio to /dev/null")
+    .action((id: string, o: { detach?: boolean; nullIo?: boolean }) =>
+      startAction(withClient, id, o)
+    );
+  cmd.command("ps")
+    .description("list the processes of a task")
+    .argument("<id>", "the container")
+    .action((id: string) =>
+      withClient(async (c) => {
+        const { processes } = await c.service(Tasks).listPids({ containerId: id });
+        out(formatTable([
+          ["PID", "INFO"],
+          ...processes.map((p) => [String(p.pid), processInfo(p.info)]),
+        ]));
+      })
+    );
+  for (const [name, verb] of [["pause", "pause"], ["resume", "resume"]] as const) {
+    cmd.command(name)
+      .description(`${verb} a task's processes`)
+      .argument("<id>", "the container")
+      .action((id: string) =>
+        withClient(async (c) => {
+          await c.service(Tasks)[verb]({ containerId: id });
+        })
+      );
+  }
+  cmd.command("metrics").alias("metric")
+    .description("print a task's cgroup metrics")
+    .argument("<id>", "the container")
+    .option("--format <format>", "table or json", "table")
+    .action((id: string, o: { format: string }) =>
+      withClient(async (c) => {
+        const { metrics } = await c.service(Tasks).metrics({ filters: [`id==${id}`] });
+        const m = metrics[0];
+        if (!m?.data) throw new Error(`No metrics for task "${id}"`);
+        out(
+          formatMetrics(
+            m.id,
+            m.timestamp ? timestampDate(m.timestamp) : undefined,
+            m.data,
+            o.format,
+          ),
+        );
+      })
+    );
+  cmd.command("attach")
+    .description("attach to the stdio of a running task (created with FIFOs)")
+    .argument("<id>", "the container")
+    .action((id: string) => attachAction(withClient, id));
   cmd.command("kill")
     .description("signal a task (SIGTERM by default)")
     .argument("<id>")
@@ -267,4 +361,119 @@ async function execAction(
   });
   // Stdin may still be read (a terminal never ends): leave now, with the process's status.
   if (!o.detach) Deno.exit(code);
+}
+
+/** The `INFO` column of `tasks ps` as ctr prints it: the runc shim's process details, else `-`. */
+function processInfo(info: { typeUrl: string; value: Uint8Array } | undefined): string {
+  if (!info?.value.length) return "-";
+  // containerd.runc.v1.ProcessDetails { string exec_id = 1; }
+  const v = info.value;
+  if (v[0] === 0x0a && v.length >= 2 && v[1] + 2 <= v.length) {
+    return `&ProcessDetails{ExecID:${
+      decoder.decode(v.subarray(2, 2 + v[1]))
+    },XXX_unrecognized:[],}`;
+  }
+  return info.typeUrl;
+}
+
+function formatMetrics(
+  id: string,
+  at: Date | undefined,
+  data: { typeUrl: string; value: Uint8Array },
+  format: string,
+): string {
+  const type = data.typeUrl.replace(/^.*\//, "");
+  const rows: [string, string][] = [];
+  let json: unknown;
+  if (type === cgroupsV1.MetricsSchema.typeName) {
+    const m = fromBinary(cgroupsV1.MetricsSchema, data.value);
+    json = m;
+    if (m.memory) {
+      rows.push(["memory.usage_in_bytes", String(m.memory.usage?.usage ?? 0n)]);
+      rows.push(["memory.limit_in_bytes", String(m.memory.usage?.limit ?? 0n)]);
+      rows.push(["memory.stat.cache", String(m.memory.totalCache)]);
+    }
+    if (m.cpu) {
+      rows.push(["cpuacct.usage", String(m.cpu.usage?.total ?? 0n)]);
+      rows.push(["cpuacct.usage_percpu", `[${(m.cpu.usage?.perCpu ?? []).join(" ")}]`]);
+    }
+    if (m.pids) {
+      rows.push(["pids.current", String(m.pids.current)]);
+      rows.push(["pids.limit", String(m.pids.limit)]);
+    }
+  } else if (type === cgroupsV2.MetricsSchema.typeName) {
+    const m = fromBinary(cgroupsV2.MetricsSchema, data.value);
+    json = m;
+    if (m.pids) {
+      rows.push(["pids.current", String(m.pids.current)]);
+      rows.push(["pids.limit", String(m.pids.limit)]);
+    }
+    if (m.cpu) {
+      rows.push(["cpu.usage_usec", String(m.cpu.usageUsec)]);
+      rows.push(["cpu.user_usec", String(m.cpu.userUsec)]);
+      rows.push(["cpu.system_usec", String(m.cpu.systemUsec)]);
+      rows.push(["cpu.nr_periods", String(m.cpu.nrPeriods)]);
+      rows.push(["cpu.nr_throttled", String(m.cpu.nrThrottled)]);
+      rows.push(["cpu.throttled_usec", String(m.cpu.throttledUsec)]);
+    }
+    if (m.memory) {
+      rows.push(["memory.usage", String(m.memory.usage)]);
+      rows.push(["memory.usage_limit", String(m.memory.usageLimit)]);
+      rows.push(["memory.swap_usage", String(m.memory.swapUsage)]);
+      rows.push(["memory.swap_limit", String(m.memory.swapLimit)]);
+    }
+  } else {
+    throw new Error(`Cannot print metrics of type "${data.typeUrl}"`);
+  }
+  if (format === "json") {
+    return JSON.stringify(
+      json,
+      (k, v) => k === "$typeName" ? undefined : typeof v === "bigint" ? Number(v) : v,
+      2,
+    ) + "\n";
+  }
+  return formatTable([["ID", "TIMESTAMP"], [id, at?.toISOString() ?? ""]]) + "\n" +
+    formatTable([["METRIC", "VALUE"], ...rows]);
+}
+
+async function startAction(
+  withClient: WithClient,
+  id: string,
+  o: { detach?: boolean; nullIo?: boolean },
+): Promise<void> {
+  let code = 0;
+  await withClient(async (c) => {
+    const { container } = await c.service(Containers).get({ id });
+    const spec = container?.spec ? JSON.parse(decoder.decode(container.spec.value)) : {};
+    const tty = spec.process?.terminal === true;
+    code = await runTask(c, id, { detach: o.detach || o.nullIo, tty });
+  });
+  if (!o.detach && !o.nullIo) Deno.exit(code);
+}
+
+async function attachAction(withClient: WithClient, id: string): Promise<void> {
+  let code = 0;
+  await withClient(async (c) => {
+    const tasks = c.service(Tasks);
+    const { process } = await tasks.get({ containerId: id });
+    if (!process) throw new Error(`No task "${id}"`);
+    if (!process.stdout && !process.stdin) {
+      throw new Error(`Cannot attach to task "${id}": it was started without stdio FIFOs`);
+    }
+    const waited = tasks.wait({ containerId: id }, { timeoutMs: 0 });
+    waited.catch(() => {});
+    const io = TaskIO.attach({
+      stdin: process.stdin,
+      stdout: process.stdout,
+      stderr: process.terminal ? "" : process.stderr,
+      terminal: process.terminal,
+    });
+    try {
+      ({ exitStatus: code } = await waited);
+      await io.wait();
+    } finally {
+      await io.close();
+    }
+  });
+  Deno.exit(code);
 }

@@ -26,6 +26,18 @@ export function stateDir(): string {
   return Deno.env.get(STATE_DIR_ENV) || DEFAULT_STATE_DIR;
 }
 
+/** Names the directory shim sockets go in when the state directory's path is too long. */
+export const SOCKET_DIR_ENV = "TAINERD_SOCKET_DIR";
+
+/**
+ * Where shim sockets go (`<dir>/s/<hash>`): `$TAINERD_SOCKET_DIR`, else the state directory.
+ * The daemon sets it to `/run/tainerd` when its own state directory is too long for a unix
+ * socket path, while runc's state stays under the daemon's state directory.
+ */
+export function socketDir(): string {
+  return Deno.env.get(SOCKET_DIR_ENV) || stateDir();
+}
+
 /** Go's `filepath.Join`: joins the non-empty parts and cleans the result. */
 function goJoin(...parts: string[]): string {
   const kept = parts.filter((p) => p !== "");
@@ -44,7 +56,7 @@ export function socketAddress(
   daemonAddress: string,
   namespace: string,
   id: string,
-  dir: string = stateDir(),
+  dir: string = socketDir(),
 ): string {
   const hash = createHash("sha256").update(goJoin(daemonAddress, namespace, id)).digest("hex");
   const path = `${dir.replace(/\/+$/, "")}/s/${hash}`;

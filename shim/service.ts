@@ -19,6 +19,7 @@ import {
   TaskExecAddedSchema,
   TaskExecStartedSchema,
   TaskExitSchema,
+  TaskOOMSchema,
   TaskPausedSchema,
   TaskResumedSchema,
   TaskStartSchema,
@@ -43,6 +44,7 @@ import { ExecProcess, InitProcess, type Process, type ProcessState } from "./pro
 import { type EventPublisher, Topics } from "./publisher.ts";
 import type { Exit, Reaper } from "./reaper.ts";
 import { cgroupStats } from "./stats.ts";
+import { OomWatcher } from "./oom.ts";
 
 /** Options of {@linkcode TaskService}. */
 export interface TaskServiceOptions {
@@ -93,10 +95,16 @@ export class TaskService {
   /** Each container's cgroup, found when its init was created (containerd's `Cgroup()`). */
   readonly #cgroups = new Map<string, Cgroup>();
   readonly #log: Logger;
+  /** Publishes `/tasks/oom` when a container's memory cgroup hits its limit (cgroup v1). */
+  readonly #oom: OomWatcher;
 
   constructor(opts: TaskServiceOptions) {
     this.#opts = opts;
     this.#log = opts.log;
+    this.#oom = new OomWatcher(
+      (id) => this.#publish(Topics.oom, TaskOOMSchema, { containerId: id }),
+      (id, err) => this.#log.warn("cannot watch the container for OOM", { id, error: `${err}` }),
+    );
   }
 
   /** How many containers the shim holds (or is creating). */
@@ -261,6 +269,8 @@ export class TaskService {
           await p.start();
           if (execId === "") {
             this.#publish(Topics.start, TaskStartSchema, { containerId: id, pid: p.pid });
+            const cgroup = this.#cgroups.get(id);
+            if (cgroup) this.#oom.add(id, cgroup);
           } else {
             this.#publish(Topics.execStarted, TaskExecStartedSchema, {
               containerId: id,
@@ -283,6 +293,7 @@ export class TaskService {
         } else {
           this.#containers.delete(id);
           this.#cgroups.delete(id);
+          this.#oom.remove(id);
           this.#publish(Topics.delete, TaskDeleteSchema, {
             containerId: id,
             pid: p.pid,

@@ -322,10 +322,13 @@ export class RuntimeManager {
     if (binary !== null) return { TTRPC_ADDRESS: this.#opts.ttrpcAddress, GOMAXPROCS: "2" };
     // Shim sockets live in <dir>/s/<64 hex>; a unix socket path has at most 106 bytes, so a
     // long state directory falls back to /run/tainerd (the hash keeps daemons apart).
-    const dir = `${this.#opts.daemonState}/s/`.length + 64 <= 106
-      ? this.#opts.daemonState
-      : "/run/tainerd";
-    return { TTRPC_ADDRESS: this.#opts.ttrpcAddress, TAINERD_STATE_DIR: dir };
+    // runc's state always stays under this daemon's state directory.
+    const env: Record<string, string> = {
+      TTRPC_ADDRESS: this.#opts.ttrpcAddress,
+      TAINERD_STATE_DIR: this.#opts.daemonState,
+    };
+    if (`${this.#opts.daemonState}/s/`.length + 64 > 106) env.TAINERD_SOCKET_DIR = "/run/tainerd";
+    return env;
   }
 
   async #startShim(

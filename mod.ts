@@ -31,3 +31,22 @@ export {
   writeBlob,
 } from "./client/images_content.ts";
 export { parseReference, Reference } from "./images/reference/mod.ts";
+export {
+  defaultSpec,
+  encodeSpec,
+  type ImageConfig,
+  type Spec,
+  SPEC_TYPE_URL,
+  type SpecMount,
+  withCpus,
+  withEnv,
+  withHostname,
+  withHostNetwork,
+  withImageConfig,
+  withMemoryLimit,
+  withMounts,
+  withPrivileged,
+  withReadonlyRootfs,
+  withTty,
+  withUser,
+} from "./oci/spec.ts";

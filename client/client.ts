@@ -84,7 +84,7 @@ export class TainerdClient {
       if (this.lease && !req.header.has(LEASE_HEADER)) req.header.set(LEASE_HEADER, this.lease);
       return await next(req);
     };
-    this.#sessions = new Http2SessionManager("http://localhost", { pingIntervalMs: 0 }, {
+    this.#sessions = new Http2SessionManager("http://localhost", {}, {
       createConnection: () => net.connect(opts.address),
     });
     this.#transport = createGrpcTransport({

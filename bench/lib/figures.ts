@@ -1,0 +1,688 @@
+/**
+ * The six figures of the side-by-side benchmark. Each measures both daemons with the same
+ * real `ctr` commands (or the same client), interleaved, and appends rows to the session; a
+ * prerequisite tainerd lacks yields "n/a (reason)" for its cells instead of failing the run.
+ *
+ * @module
+ */
+
+import * as net from "node:net";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { NAMESPACE_HEADER } from "../../mod.ts";
+import { Version } from "../../api/gen/containerd/services/version/v1/version_pb.ts";
+import { Containers } from "../../api/gen/containerd/services/containers/v1/containers_pb.ts";
+import { type BenchDaemon, type Kind, NAMESPACE } from "./daemons.ts";
+import { buildPullImage, type LayoutImage, pushLayout } from "./images.ts";
+import { type Exec, exec, memoryOf, mustExec, reasonOf, shimsOf, waitFor } from "./proc.ts";
+import {
+  type Availability,
+  PULL_NAMESPACE,
+  removeAllContainers,
+  RUN_IMAGE,
+  type Session,
+  waitNoShims,
+} from "./session.ts";
+import { row } from "./stats.ts";
+
+const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+
+/** Samples per daemon: `t` for tainerd, `c` for containerd. */
+type Samples = Record<Kind, number[]>;
+const samples = (): Samples => ({ containerd: [], tainerd: [] });
+
+/** The cell for one daemon: its samples, or why it has none. */
+function cellOf(s: Samples, kind: Kind, na: Partial<Record<Kind, string>>): number[] | string {
+  return na[kind] ?? s[kind];
+}
+
+function check(r: Exec, what: string): Exec {
+  if (r.code !== 0) throw new Error(`${what}: ${reasonOf(r)}`);
+  return r;
+}
+
+/** How containers of figures 2, 4 and 5 are run: from the image when both can, else --rootfs. */
+async function fleetVariant(s: Session): Promise<{ args: string[]; label: string }> {
+  const img = await s.runImage();
+  if (img.containerd === true && img.tainerd === true) return { args: [RUN_IMAGE], label: "IMG" };
+  return { args: ["--rootfs", s.rootfs], label: "--rootfs" };
+}
+
+/** Starts `ids` concurrently with `ctr run -d … sleep 1000`; ms until all are RUNNING. */
+async function fleetUp(d: BenchDaemon, ids: string[], variant: string[]): Promise<number> {
+  const t0 = performance.now();
+  const runs = await Promise.all(
+    ids.map((id) => d.ctr(["run", "-d", ...d.runFlags(), ...variant, id, "/bin/sleep", "1000"])),
+  );
+  const failed = runs.find((r) => r.code !== 0);
+  if (failed) throw new Error(`ctr run -d (${d.kind}): ${reasonOf(failed)}`);
+  await waitFor(
+    async () => {
+      const tasks = await d.tasks();
+      return ids.every((id) => tasks.get(id) === "RUNNING");
+    },
+    `${ids.length} RUNNING tasks on ${d.kind}`,
+    120_000,
+    10,
+  );
+  return performance.now() - t0;
+}
+
+/** Removes `ids` concurrently (`ctr tasks rm -f`, `ctr containers rm`); ms until done. */
+async function fleetDown(d: BenchDaemon, ids: string[]): Promise<number> {
+  const t0 = performance.now();
+  await Promise.all(ids.map(async (id) => {
+    check(await d.ctr(["tasks", "rm", "-f", id]), `ctr tasks rm -f (${d.kind})`);
+    check(await d.ctr(["containers", "rm", id]), `ctr containers rm (${d.kind})`);
+  }));
+  const ms = performance.now() - t0;
+  const left = (await d.ctr(["containers", "ls", "-q"])).stdout.trim();
+  if (left) throw new Error(`${d.kind} still has containers: ${left.split("\n").join(" ")}`);
+  await waitNoShims(d);
+  return ms;
+}
+
+const ids = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
+
+/** 1. `ctr run --rm … true` latency (image and --rootfs), with `runc run` as the floor. */
+export async function runLatency(s: Session): Promise<void> {
+  const n = s.opts.quick ? 6 : 30;
+  const warm = s.opts.quick ? 1 : 2;
+  const img = await s.runImage();
+  const na: Partial<Record<Kind, string>> = {};
+  for (const k of ["containerd", "tainerd"] as Kind[]) {
+    if (img[k] !== true) na[k] = img[k] as string;
+  }
+
+  // The floor: the same rootfs as a runc bundle, `runc run` in the foreground.
+  const bundle = `${s.dir}/floor`;
+  await Deno.mkdir(bundle, { recursive: true });
+  await mustExec("runc", ["spec", "--bundle", bundle]);
+  const spec = JSON.parse(await Deno.readTextFile(`${bundle}/config.json`));
+  spec.process.terminal = false;
+  spec.process.args = ["/bin/true"];
+  spec.root = { path: s.rootfs, readonly: true };
+  await Deno.writeTextFile(`${bundle}/config.json`, JSON.stringify(spec));
+  const runcRoot = `${s.dir}/floor-runc`;
+
+  const image = samples();
+  const rootfs = samples();
+  const floor: number[] = [];
+  const shimExec = samples();
+  const naRootfs: Partial<Record<Kind, string>> = {};
+  // The shims' own version flag: process start, module loading, exit.
+  const shimV = ["shim", "-namespace", NAMESPACE, "-id", "v", "-address", "/nonexistent", "-v"];
+  const tainerdExe = ["run", "-A", "--config", `${REPO}/deno.json`, `${REPO}/main.ts`, ...shimV];
+  /** Runs one timed command; a failure marks the daemon n/a for that variant. */
+  const timed = async (
+    into: number[],
+    keep: boolean,
+    na: Partial<Record<Kind, string>>,
+    kind: Kind,
+    what: string,
+    run: () => Promise<Exec>,
+  ) => {
+    if (na[kind]) return;
+    const r = await run();
+    if (r.code !== 0) na[kind] = `${what}: ${reasonOf(r)}`;
+    else if (keep) into.push(r.ms);
+  };
+  for (let i = 0; i < warm + n; i++) {
+    const keep = i >= warm;
+    for (const d of s.order(i)) {
+      await timed(
+        image[d.kind],
+        keep,
+        na,
+        d.kind,
+        "ctr run --rm IMG",
+        () => d.ctr(["run", "--rm", ...d.runFlags(), RUN_IMAGE, `img${i}`, "/bin/true"]),
+      );
+      await timed(
+        rootfs[d.kind],
+        keep,
+        naRootfs,
+        d.kind,
+        "ctr run --rm --rootfs",
+        () => d.ctr(["run", "--rm", ...d.runFlags(), "--rootfs", s.rootfs, `rfs${i}`, "/bin/true"]),
+      );
+    }
+    const f = check(
+      await exec("runc", ["--root", runcRoot, "run", "--bundle", bundle, `floor${i}`]),
+      "runc run",
+    );
+    if (keep) floor.push(f.ms);
+    for (const d of s.order(i)) {
+      const r = d.kind === "containerd"
+        ? await exec("containerd-shim-runc-v2", shimV.slice(1))
+        : await exec(Deno.execPath(), tainerdExe);
+      check(r, `${d.kind} shim executable -v`);
+      if (keep) shimExec[d.kind].push(r.ms);
+    }
+  }
+  s.rows.push(
+    row({
+      figure: 1,
+      metric: "`ctr run --rm IMG id true`",
+      unit: "ms",
+      better: "lower",
+      containerd: cellOf(image, "containerd", na),
+      tainerd: cellOf(image, "tainerd", na),
+    }),
+    row({
+      figure: 1,
+      metric: "`ctr run --rm --rootfs DIR id true`",
+      unit: "ms",
+      better: "lower",
+      containerd: cellOf(rootfs, "containerd", naRootfs),
+      tainerd: cellOf(rootfs, "tainerd", naRootfs),
+    }),
+    row({
+      figure: 1,
+      metric: "`runc run` of the same rootfs (floor)",
+      unit: "ms",
+      better: "lower",
+      single: floor,
+      note: "no daemon, no shim",
+    }),
+    row({
+      figure: 1,
+      metric: "shim executable start+exit (`-v`)",
+      unit: "ms",
+      better: "lower",
+      containerd: shimExec.containerd,
+      tainerd: shimExec.tainerd,
+      note: "`containerd-shim-runc-v2 -v` vs `deno run -A main.ts shim -v`; " +
+        "a shim is exec'd twice per container (start, then the long-lived shim)",
+    }),
+  );
+}
+
+/** 2. 20 concurrent `ctr run -d … sleep 1000` until all RUNNING, and their teardown. */
+export async function concurrentStart(s: Session): Promise<void> {
+  const count = 20;
+  const reps = s.opts.quick ? 1 : 3;
+  const variant = await fleetVariant(s);
+  const rate = samples();
+  const down = samples();
+  const na: Partial<Record<Kind, string>> = {};
+  for (let rep = 0; rep < reps; rep++) {
+    for (const d of s.order(rep)) {
+      if (na[d.kind]) continue;
+      const fleet = ids(`f${rep}-`, count);
+      try {
+        const up = await fleetUp(d, fleet, variant.args);
+        rate[d.kind].push(count / (up / 1000));
+        down[d.kind].push((await fleetDown(d, fleet)) / 1000);
+      } catch (err) {
+        na[d.kind] = (err as Error).message;
+        await removeAllContainers(d).catch(() => {});
+      }
+    }
+  }
+  s.rows.push(
+    row({
+      figure: 2,
+      metric: `${count} concurrent \`ctr run -d ${variant.label} … sleep 1000\` → all RUNNING`,
+      unit: "containers/s",
+      better: "higher",
+      containerd: cellOf(rate, "containerd", na),
+      tainerd: cellOf(rate, "tainerd", na),
+    }),
+    row({
+      figure: 2,
+      metric: `teardown of ${count}: concurrent \`ctr tasks rm -f\` + \`ctr containers rm\``,
+      unit: "s",
+      better: "lower",
+      containerd: cellOf(down, "containerd", na),
+      tainerd: cellOf(down, "tainerd", na),
+    }),
+  );
+}
+
+/** Parses a Go duration (`1.5s`, `850.2ms`, `1m2.5s`) into milliseconds. */
+export function parseGoDuration(text: string): number {
+  const units: Record<string, number> = {
+    h: 3600e3,
+    m: 60e3,
+    s: 1e3,
+    ms: 1,
+    "µs": 1e-3,
+    us: 1e-3,
+    ns: 1e-6,
+  };
+  let ms = 0;
+  for (const m of text.matchAll(/([\d.]+)(h|ms|m|s|µs|us|ns)/g)) ms += Number(m[1]) * units[m[2]];
+  return ms;
+}
+
+/** Removes every image, content blob and snapshot of the pull namespace, and waits for the GC. */
+async function wipePulls(d: BenchDaemon, image: LayoutImage): Promise<void> {
+  const namespace = PULL_NAMESPACE;
+  const imgs = (await d.ctr(["images", "ls", "-q"], { namespace })).stdout.trim().split("\n")
+    .filter((x) => x);
+  const blobs = (await d.ctr(["content", "ls", "-q"], { namespace })).stdout.trim().split("\n")
+    .filter((x) => x);
+  if (blobs.length) await d.ctr(["content", "rm", ...blobs], { namespace });
+  if (imgs.length) {
+    check(await d.ctr(["images", "rm", "--sync", ...imgs], { namespace }), "ctr images rm");
+  }
+  // Snapshots the GC left: remove leaves first.
+  for (let pass = 0; pass < 10; pass++) {
+    const ls = (await d.ctr(["snapshots", "ls"], { namespace })).stdout.trim().split("\n").slice(1)
+      .map((l) => l.trim().split(/\s+/)).filter((f) => f[0]);
+    if (!ls.length) break;
+    const parents = new Set(ls.map((f) => f[1]));
+    for (const [key] of ls.filter((f) => !parents.has(f[0]))) {
+      await d.ctr(["snapshots", "rm", key], { namespace });
+    }
+  }
+  const left = (await d.ctr(["snapshots", "ls"], { namespace })).stdout.trim().split("\n").slice(1)
+    .filter((l) => l.trim());
+  if (left.length) throw new Error(`${d.kind} keeps ${left.length} snapshots after the wipe`);
+  // A blob left on disk would let the next fetch skip its download.
+  const dir = `${d.root}/io.containerd.content.v1.content/blobs/sha256`;
+  await waitFor(
+    () => image.layers.every((l) => !exists(`${dir}/${l.slice(7)}`)),
+    `${d.kind}'s GC of the pulled blobs`,
+    60_000,
+    50,
+  );
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** 3. Pull of a large image from the loopback registry: download, unpack, total. */
+export async function pull(s: Session): Promise<void> {
+  const reps = s.opts.quick ? 1 : 3;
+  const size = s.opts.quick
+    ? { randomMiB: 48, smallFiles: 2_000 }
+    : { randomMiB: 200, smallFiles: 20_000 };
+  const registry = await s.registry();
+  const image = await buildPullImage(`${s.dir}/images/pull`, size);
+  const ref = `${registry.host}/bench/pull:latest`;
+  await pushLayout(image, ref);
+  const mb = (image.bytes / 1e6).toFixed(0);
+  const download = samples();
+  const unpack = samples();
+  const total = samples();
+  const na: Partial<Record<Kind, string>> = {};
+  for (let rep = 0; rep < reps; rep++) {
+    for (const d of s.order(rep)) {
+      if (na[d.kind]) continue;
+      try {
+        await wipePulls(d, image);
+        const f = await d.ctr(["content", "fetch", "--plain-http", ref], {
+          namespace: PULL_NAMESPACE,
+        });
+        check(f, `ctr content fetch (${d.kind})`);
+        await wipePulls(d, image);
+        const p = await d.ctr(["images", "pull", "--plain-http", ref], {
+          namespace: PULL_NAMESPACE,
+        });
+        check(p, `ctr images pull (${d.kind})`);
+        const done = p.stdout.match(/^done: (\S+)/m)?.[1];
+        if (!done) throw new Error(`ctr images pull (${d.kind}) printed no "done:" line`);
+        download[d.kind].push(f.ms / 1000);
+        total[d.kind].push(p.ms / 1000);
+        unpack[d.kind].push(parseGoDuration(done) / 1000);
+        await wipePulls(d, image);
+      } catch (err) {
+        na[d.kind] = (err as Error).message;
+      }
+    }
+  }
+  if (!na.tainerd) s.availability["pull"] = "ok";
+  else s.availability["pull"] = na.tainerd;
+  const what =
+    `${mb} MB image (${size.randomMiB} MiB random file + ${size.smallFiles} small files)`;
+  s.rows.push(
+    row({
+      figure: 3,
+      metric: `download: \`ctr content fetch --plain-http\`, ${what}`,
+      unit: "s",
+      better: "lower",
+      containerd: cellOf(download, "containerd", na),
+      tainerd: cellOf(download, "tainerd", na),
+    }),
+    row({
+      figure: 3,
+      metric: "unpack: the `done:` time `ctr images pull` prints",
+      unit: "s",
+      better: "lower",
+      containerd: cellOf(unpack, "containerd", na),
+      tainerd: cellOf(unpack, "tainerd", na),
+    }),
+    row({
+      figure: 3,
+      metric: "total: `ctr images pull --plain-http` (fetch + unpack)",
+      unit: "s",
+      better: "lower",
+      containerd: cellOf(total, "containerd", na),
+      tainerd: cellOf(total, "tainerd", na),
+    }),
+  );
+}
+
+/** Memory of a daemon and its shims, MiB. */
+interface MemorySample {
+  rss: number;
+  pss: number;
+  shims: number;
+  shimPss: number;
+  shimRss: number;
+}
+
+function sampleMemory(d: BenchDaemon): MemorySample {
+  const m = memoryOf(d.pid!);
+  if (!m) throw new Error(`${d.kind} is not running`);
+  const shims = shimsOf(d.address).map((p) => memoryOf(p)).filter((x) => x !== undefined);
+  return {
+    rss: m.rssKiB / 1024,
+    pss: m.pssKiB / 1024,
+    shims: shims.length,
+    shimPss: shims.reduce((n, x) => n + x.pssKiB, 0) / 1024,
+    shimRss: shims.reduce((n, x) => n + x.rssKiB, 0) / 1024,
+  };
+}
+
+/** 4. Daemon RSS/PSS idle and with 20 containers; shim PSS per container at 1 and 20. */
+export async function memory(s: Session): Promise<void> {
+  const reps = s.opts.quick ? 1 : 2;
+  const settleMs = 2000;
+  const variant = await fleetVariant(s);
+  const m = {
+    idleRss: samples(),
+    idlePss: samples(),
+    rss20: samples(),
+    pss20: samples(),
+    shim1: samples(),
+    shim20: samples(),
+    shimRss1: samples(),
+  };
+  const na: Partial<Record<Kind, string>> = {};
+  for (let rep = 0; rep < reps; rep++) {
+    for (const d of s.order(rep)) {
+      if (na[d.kind]) continue;
+      try {
+        await new Promise((r) => setTimeout(r, settleMs));
+        const idle = sampleMemory(d);
+        m.idleRss[d.kind].push(idle.rss);
+        m.idlePss[d.kind].push(idle.pss);
+        const one = ids(`m${rep}-one`, 1);
+        await fleetUp(d, one, variant.args);
+        await new Promise((r) => setTimeout(r, settleMs));
+        const at1 = sampleMemory(d);
+        if (at1.shims !== 1) throw new Error(`${d.kind}: ${at1.shims} shims for 1 container`);
+        m.shim1[d.kind].push(at1.shimPss);
+        m.shimRss1[d.kind].push(at1.shimRss);
+        await fleetDown(d, one);
+        const many = ids(`m${rep}-`, 20);
+        await fleetUp(d, many, variant.args);
+        await new Promise((r) => setTimeout(r, settleMs));
+        const at20 = sampleMemory(d);
+        if (at20.shims !== 20) throw new Error(`${d.kind}: ${at20.shims} shims for 20 containers`);
+        m.rss20[d.kind].push(at20.rss);
+        m.pss20[d.kind].push(at20.pss);
+        m.shim20[d.kind].push(at20.shimPss / 20);
+        await fleetDown(d, many);
+      } catch (err) {
+        na[d.kind] = (err as Error).message;
+        await removeAllContainers(d).catch(() => {});
+      }
+    }
+  }
+  const r = (metric: string, x: Samples, note?: string) =>
+    row({
+      figure: 4,
+      metric,
+      unit: "MiB",
+      better: "lower",
+      containerd: cellOf(x, "containerd", na),
+      tainerd: cellOf(x, "tainerd", na),
+      note,
+    });
+  s.rows.push(
+    r("daemon RSS, idle", m.idleRss),
+    r("daemon PSS, idle", m.idlePss),
+    r(`daemon RSS, 20 running containers (${variant.label})`, m.rss20),
+    r("daemon PSS, 20 running containers", m.pss20),
+    r("shim PSS per container, 1 running", m.shim1),
+    r("shim RSS per container, 1 running", m.shimRss1),
+    r("shim PSS per container, 20 running", m.shim20, "sum of the shims' PSS / 20"),
+  );
+}
+
+/** 5. Daemon restart with 20 running containers until `ctr tasks ls` shows all RUNNING. */
+export async function restart(s: Session): Promise<void> {
+  const reps = s.opts.quick ? 1 : 3;
+  const count = 20;
+  const variant = await fleetVariant(s);
+  const idle = samples();
+  const loaded = samples();
+  const na: Partial<Record<Kind, string>> = {};
+  const restartUntil = async (d: BenchDaemon, ready: () => Promise<boolean>): Promise<number> => {
+    await d.stop("SIGTERM");
+    const t0 = await d.spawn();
+    await d.waitConnectable(t0);
+    await waitFor(ready, `${d.kind} to come back`, 120_000, 5);
+    return performance.now() - t0;
+  };
+  // Idle: no containers; ready when `ctr version` answers.
+  for (let rep = 0; rep < reps; rep++) {
+    for (const d of s.order(rep)) {
+      idle[d.kind].push(await restartUntil(d, async () => (await d.ctr(["version"])).code === 0));
+    }
+  }
+  const fleet = ids("r", count);
+  for (const d of s.daemons) {
+    try {
+      await fleetUp(d, fleet, variant.args);
+    } catch (err) {
+      na[d.kind] = (err as Error).message;
+    }
+  }
+  for (let rep = 0; rep < reps; rep++) {
+    for (const d of s.order(rep)) {
+      if (na[d.kind]) continue;
+      try {
+        const ms = await restartUntil(d, async () => {
+          const tasks = await d.tasks();
+          return fleet.every((id) => tasks.get(id) === "RUNNING");
+        });
+        if (shimsOf(d.address).length !== count) {
+          throw new Error(`${d.kind} lost shims over a restart`);
+        }
+        loaded[d.kind].push(ms);
+      } catch (err) {
+        na[d.kind] = (err as Error).message;
+      }
+    }
+  }
+  for (const d of s.daemons) {
+    if (!d.running) await d.start().catch(() => {});
+    await fleetDown(d, fleet).catch(() => removeAllContainers(d));
+  }
+  s.rows.push(
+    row({
+      figure: 5,
+      metric: "daemon restart, idle: spawn → `ctr version` answers",
+      unit: "ms",
+      better: "lower",
+      containerd: idle.containerd,
+      tainerd: idle.tainerd,
+    }),
+    row({
+      figure: 5,
+      metric:
+        `daemon restart (SIGTERM) with ${count} running (${variant.label}): spawn → \`ctr tasks ls\` all RUNNING`,
+      unit: "ms",
+      better: "lower",
+      containerd: cellOf(loaded, "containerd", na),
+      tainerd: cellOf(loaded, "tainerd", na),
+    }),
+  );
+}
+
+/** A gRPC client of one daemon for figure 6. */
+interface ApiClient {
+  version: Client<typeof Version>;
+  containers: Client<typeof Containers>;
+  close(): void;
+}
+
+/**
+ * The client of figure 6: `TainerdClient`'s stack (connect-node's gRPC transport over the unix
+ * socket, one HTTP/2 session, the namespace header) but with connect-node's default keepalive.
+ * `TainerdClient` itself passes `pingIntervalMs: 0`, which sends PINGs back to back while calls
+ * are in flight: containerd then closes the connection (GOAWAY ENHANCE_YOUR_CALM,
+ * "too_many_pings"; "Session closed with error code 11") within seconds, and both daemons
+ * answer 10–25% fewer calls. Switch back to `TainerdClient` once that is fixed.
+ */
+function apiClient(address: string): ApiClient {
+  const namespace: Interceptor = (next) => (req) => {
+    req.header.set(NAMESPACE_HEADER, NAMESPACE);
+    return next(req);
+  };
+  const sessions = new Http2SessionManager("http://localhost", {}, {
+    createConnection: () => net.connect(address),
+  });
+  const transport = createGrpcTransport({
+    baseUrl: "http://localhost",
+    sessionManager: sessions,
+    interceptors: [namespace],
+  });
+  return {
+    version: createClient(Version, transport),
+    containers: createClient(Containers, transport),
+    close: () => sessions.abort(),
+  };
+}
+
+/** Calls `call` from `concurrency` loops for `ms`; calls per second. */
+async function hammer(
+  call: () => Promise<unknown>,
+  concurrency: number,
+  ms: number,
+): Promise<number> {
+  let count = 0;
+  let failure: unknown;
+  const t0 = performance.now();
+  const end = t0 + ms;
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (performance.now() < end && failure === undefined) {
+      try {
+        await call();
+        count++;
+      } catch (err) {
+        failure = err;
+      }
+    }
+  }));
+  if (failure !== undefined) throw failure;
+  return count / ((performance.now() - t0) / 1000);
+}
+
+/** 6. API round trips per second: Version and Containers/List, 16 calls in flight. */
+export async function apiRoundTrip(s: Session): Promise<void> {
+  const reps = s.opts.quick ? 1 : 3;
+  const seconds = s.opts.quick ? 2 : 5;
+  const concurrency = 16;
+  const listed = 10;
+  for (const d of s.daemons) {
+    for (const id of ids("api", listed)) {
+      await d.mustCtr(["containers", "create", "--rootfs", s.rootfs, id, "/bin/true"]);
+    }
+  }
+  const clients = {
+    containerd: apiClient(s.containerd.address),
+    tainerd: apiClient(s.tainerd.address),
+  };
+  const version = samples();
+  const list = samples();
+  try {
+    const calls = (k: Kind) => {
+      const c = clients[k];
+      return {
+        version: () => c.version.version({}),
+        list: async () => {
+          const res = await c.containers.list({});
+          if (res.containers.length !== listed) throw new Error(`listed ${res.containers.length}`);
+        },
+      };
+    };
+    // Warm both connections up.
+    for (const k of ["containerd", "tainerd"] as Kind[]) {
+      await hammer(calls(k).version, concurrency, 300);
+      await hammer(calls(k).list, concurrency, 300);
+    }
+    for (let rep = 0; rep < reps; rep++) {
+      for (const d of s.order(rep)) {
+        version[d.kind].push(await hammer(calls(d.kind).version, concurrency, seconds * 1000));
+      }
+      for (const d of s.order(rep + 1)) {
+        list[d.kind].push(await hammer(calls(d.kind).list, concurrency, seconds * 1000));
+      }
+    }
+  } finally {
+    clients.containerd.close();
+    clients.tainerd.close();
+    for (const d of s.daemons) await d.ctr(["containers", "rm", ...ids("api", listed)]);
+  }
+  const note =
+    `connect-node gRPC client (TainerdClient's stack, default keepalive), one HTTP/2 connection, ${concurrency} in flight, ${seconds} s per run; the client shares the 2 CPUs`;
+  s.rows.push(
+    row({
+      figure: 6,
+      metric: "`Version/Version` calls/s",
+      unit: "calls/s",
+      better: "higher",
+      containerd: version.containerd,
+      tainerd: version.tainerd,
+      note,
+    }),
+    row({
+      figure: 6,
+      metric: `\`Containers/List\` (${listed} containers) calls/s`,
+      unit: "calls/s",
+      better: "higher",
+      containerd: list.containerd,
+      tainerd: list.tainerd,
+    }),
+  );
+}
+
+/** Every figure by number. */
+export const FIGURES: Record<number, { name: string; run: (s: Session) => Promise<void> }> = {
+  1: { name: "run latency", run: runLatency },
+  2: { name: "concurrent start and teardown", run: concurrentStart },
+  3: { name: "pull", run: pull },
+  4: { name: "memory", run: memory },
+  5: { name: "restart", run: restart },
+  6: { name: "API round trip", run: apiRoundTrip },
+};
+
+/** Marks every row of a figure that failed as a whole. */
+export function failedFigure(s: Session, figure: number, err: unknown): void {
+  const first = err instanceof Error ? err.message.split("\n")[0] : String(err);
+  const reason = first.length > 160 ? `${first.slice(0, 160)}…` : first;
+  s.rows.push(row({
+    figure,
+    metric: FIGURES[figure].name,
+    unit: "",
+    better: "lower",
+    containerd: reason,
+    tainerd: reason,
+    note: "the figure failed",
+  }));
+}
+
+/** The availability type, re-exported for the entry point. */
+export type { Availability };

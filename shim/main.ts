@@ -243,10 +243,49 @@ export async function startShim(flags: ShimFlags, log: Logger): Promise<string> 
       shimCgroup = fromBinary(OptionsSchema, any.value).shimCgroup;
     }
   }
+  return await launchShim({
+    namespace: flags.namespace,
+    id: flags.id,
+    address: flags.address,
+    publishBinary: flags.publishBinary,
+    bundle,
+    debug: flags.debug,
+    shimCgroup,
+  }, log);
+}
+
+/** What {@link launchShim} needs. */
+export interface LaunchOptions {
+  namespace: string;
+  id: string;
+  /** The daemon's API address (part of the socket hash). */
+  address: string;
+  publishBinary: string;
+  bundle: string;
+  debug?: boolean;
+  /** A cgroup to move the shim into (runc Options.shim_cgroup). */
+  shimCgroup?: string;
+  /** Environment for the shim (TTRPC_ADDRESS, TAINERD_STATE_DIR…), over the current one. */
+  env?: Record<string, string>;
+  /** The directory of shim sockets (default: from the environment). */
+  socketDir?: string;
+}
+
+/**
+ * Spawns the long-lived shim for a task (detached, in its own session), waits until it
+ * answers on its socket and writes the bundle's `address` file: the work of the `start`
+ * action. The daemon calls it in-process for tainerd's own shim, which saves one program
+ * start per container; `start` (containerd's contract) calls it too.
+ */
+export async function launchShim(o: LaunchOptions, log: Logger): Promise<string> {
+  const { bundle } = o;
+  const shimCgroup = o.shimCgroup ?? "";
   // TODO(grouping): use the io.containerd.runc.v2.group / io.kubernetes.cri.sandbox-id
   // annotation of config.json instead of the id, so that one shim serves the group.
-  const grouping = flags.id;
-  const address = socketAddress(flags.address, flags.namespace, grouping);
+  const grouping = o.id;
+  const address = o.socketDir
+    ? socketAddress(o.address, o.namespace, grouping, o.socketDir)
+    : socketAddress(o.address, o.namespace, grouping);
   const path = socketPath(address);
   await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true, mode: 0o711 });
   try {
@@ -265,22 +304,23 @@ export async function startShim(flags: ShimFlags, log: Logger): Promise<string> 
     ...self.args,
     "shim",
     "-namespace",
-    flags.namespace,
+    o.namespace,
     "-id",
-    flags.id,
+    o.id,
     "-address",
-    flags.address,
+    o.address,
     "-publish-binary",
-    flags.publishBinary,
+    o.publishBinary,
     "-bundle",
     bundle,
     "-socket",
     path,
   ];
-  if (flags.debug) args.push("-debug");
+  if (o.debug) args.push("-debug");
   const child = new Deno.Command(self.command, {
     args,
     cwd: bundle,
+    env: o.env,
     stdin: "null",
     stdout: "null",
     stderr: "piped",

@@ -25,7 +25,8 @@ import {
 import { TaskDeleteSchema, TaskExitSchema } from "../../api/gen/containerd/events/task_pb.ts";
 import type { MountSchema } from "../../api/gen/containerd/types/mount_pb.ts";
 import type { Logger } from "../../log.ts";
-import { selfCommand } from "../../shim/main.ts";
+import { launchShim, selfCommand } from "../../shim/main.ts";
+import { OptionsSchema } from "../../api/gen/containerd/runtime/v2/runc/options/oci_pb.ts";
 import { cloexecAll } from "../../sys/libc.ts";
 import { createTtrpcClient, TtrpcClient, type TtrpcServiceClient } from "../../ttrpc/client.ts";
 import { alreadyExists, failedPrecondition, internal, notFound } from "../errdefs.ts";
@@ -338,9 +339,35 @@ export class RuntimeManager {
     bundle: string,
     runtimeOptions?: AnyValue,
   ): Promise<string> {
-    const { command, args } = this.#shimArgs(binary, ns, id, ["start"]);
     // The shim outlives the daemon: it must not inherit the daemon's sockets.
     cloexecAll();
+    if (binary === null) {
+      // tainerd's own shim: do the `start` action's work in-process (one program start per
+      // container instead of two).
+      const env = this.#shimEnv(null);
+      let shimCgroup = "";
+      if (runtimeOptions && runtimeOptions.typeUrl.endsWith(OptionsSchema.typeName)) {
+        shimCgroup = fromBinary(OptionsSchema, runtimeOptions.value).shimCgroup;
+      }
+      try {
+        return await launchShim({
+          namespace: ns,
+          id,
+          address: this.#opts.address,
+          publishBinary: Deno.execPath(),
+          bundle,
+          shimCgroup,
+          env,
+          socketDir: env.TAINERD_SOCKET_DIR ?? env.TAINERD_STATE_DIR,
+        }, this.#opts.log.child({ namespace: ns, id }));
+      } catch (err) {
+        throw internal(
+          `Cannot start the shim of container "${id}": ${(err as Error).message}`,
+          { cause: err },
+        );
+      }
+    }
+    const { command, args } = this.#shimArgs(binary, ns, id, ["start"]);
     const child = new Deno.Command(command, {
       args,
       cwd: bundle,

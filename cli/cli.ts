@@ -14,11 +14,11 @@ import { formatPlatform } from "../plugins/platforms.ts";
 import { revisionOf, VERSION } from "../version.ts";
 import { formatLabels, formatTable, parseLabelArgs } from "./table.ts";
 import { contentCommand, leasesCommand } from "./content.ts";
-import { imagesCommand } from "./images.ts";
+import { imagesCommand, pullCommand } from "./images.ts";
 import { runCommand } from "./run.ts";
 import { containersCommand, tasksCommand } from "./run_tasks.ts";
 import { eventsCommand } from "./events.ts";
-import { installCommand } from "./install.ts";
+import { installCommand, uninstallCommand } from "./install.ts";
 import { snapshotsCommand } from "./snapshots.ts";
 
 /** Global client options. */
@@ -210,7 +210,9 @@ export function buildCli(): Command {
   program.addCommand(contentCommand(withClient));
   program.addCommand(leasesCommand(withClient));
   program.addCommand(installCommand());
+  program.addCommand(uninstallCommand());
   program.addCommand(imagesCommand(withClient));
+  program.addCommand(pullCommand(withClient)); // `tainerd pull`: short for `tainerd images pull`
   program.addCommand(snapshotsCommand(withClient));
   program.addCommand(runCommand(withClient));
   program.addCommand(containersCommand(withClient));

@@ -82,13 +82,13 @@ export function goDuration(ms: number): string {
   return `${m}m${trim((s - m * 60).toFixed(9))}s`;
 }
 
-/** `tainerd images …`. */
-export function imagesCommand(withClient: WithClient): Command {
-  const images = new Command("images").alias("image").alias("i")
-    .description("manage images");
-
-  registryFlags(
-    images.command("pull")
+/**
+ * The pull command, one definition shared by `tainerd images pull` and its short form
+ * `tainerd pull`.
+ */
+export function pullCommand(withClient: WithClient): Command {
+  return registryFlags(
+    new Command("pull")
       .description("pull an image from a registry and unpack it for use (as ctr images pull)")
       .argument("<ref>", "image reference")
       .option("--platform <platform>", "pull content for a platform (repeatable)", collect)
@@ -144,6 +144,14 @@ export function imagesCommand(withClient: WithClient): Command {
       out(`done: ${goDuration(performance.now() - start)}\t\n`);
     })
   );
+}
+
+/** `tainerd images …`. */
+export function imagesCommand(withClient: WithClient): Command {
+  const images = new Command("images").alias("image").alias("i")
+    .description("manage images");
+
+  images.addCommand(pullCommand(withClient));
 
   registryFlags(
     images.command("push")
@@ -181,11 +189,22 @@ export function imagesCommand(withClient: WithClient): Command {
     .description("list images")
     .argument("[filters...]", "filters, e.g. name==ref")
     .option("-q, --quiet", "print only the image refs")
-    .action((filters: string[], o: { quiet?: boolean }) =>
+    .addOption(
+      new Option("--format <format>", "output format").choices(["table", "json"]).default(
+        "table",
+      ),
+    )
+    .action((filters: string[], o: { quiet?: boolean; format: string }) =>
       withClient(async (c) => {
         const list = await listImages(c, filters);
         if (o.quiet) {
           out(list.map((i) => i.name + "\n").join(""));
+          return;
+        }
+        if (o.format === "json") {
+          const records = [];
+          for (const img of list) records.push(await imageJson(c, img));
+          out(JSON.stringify(records, null, 2) + "\n");
           return;
         }
         const rows = [["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"]];
@@ -337,6 +356,43 @@ export function imagesCommand(withClient: WithClient): Command {
 
   addImageMountCommands(images, withClient);
   return images;
+}
+
+/** An image as `images ls --format json` prints it. */
+export interface ImageJson {
+  name: string;
+  target: { mediaType: string; digest: string; size: number };
+  labels: Record<string, string>;
+  /** The platforms the image has content for, `os/arch[/variant]`, sorted. */
+  platforms: string[];
+  /** Bytes of the host platform's content; null when it cannot be computed. */
+  size: number | null;
+  createdAt: string | null;
+  updatedAt: string | null;
+}
+
+async function imageJson(c: TainerdClient, img: ImageRecord): Promise<ImageJson> {
+  let size: number | null = null;
+  try {
+    size = await imageSize(c, img);
+  } catch (err) {
+    warn(`Cannot compute the size of ${img.name}: ${(err as Error).message}`);
+  }
+  let platforms: string[] = [];
+  try {
+    platforms = [...new Set((await imagePlatforms(c, img)).map(formatPlatform))].sort();
+  } catch (err) {
+    warn(`Cannot resolve the platforms of ${img.name}: ${(err as Error).message}`);
+  }
+  return {
+    name: img.name,
+    target: { mediaType: img.target.mediaType, digest: img.target.digest, size: img.target.size },
+    labels: img.labels,
+    platforms,
+    size,
+    createdAt: img.createdAt?.toISOString() ?? null,
+    updatedAt: img.updatedAt?.toISOString() ?? null,
+  };
 }
 
 async function imageRow(c: TainerdClient, img: ImageRecord): Promise<string[]> {

@@ -19,15 +19,21 @@
  * `--root` stages everything under another directory (like DESTDIR); the paths written into
  * the files stay those of the target system.
  *
+ * Install records what it put in place, with each file's SHA-256, in
+ * `<prefix>/lib/tainerd/install-manifest.json`. `tainerd uninstall` removes exactly those files
+ * (never a file the manifest does not list, nor one changed since), keeps the config unless
+ * `--purge-config`, and never touches data (/var/lib/tainerd, /run/tainerd).
+ *
  * @module
  */
 
 import { Command } from "commander";
+import { createHash } from "node:crypto";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import UNIT from "../contrib/tainerd.service" with { type: "text" };
 import { DEFAULT_CONFIG_PATH, formatDefaultConfig } from "../config/config.ts";
-import { invalidArgument } from "../plugins/errdefs.ts";
+import { failedPrecondition, invalidArgument } from "../plugins/errdefs.ts";
 import { BUILTINS } from "../plugins/builtins.ts";
 import { isBundled } from "../version.ts";
 
@@ -61,7 +67,7 @@ export interface InstallOptions {
 export interface InstallStep {
   /** The path on the target system (without the staging root). */
   path: string;
-  action: "installed" | "unchanged" | "kept" | "removed";
+  action: "installed" | "unchanged" | "kept" | "removed" | "absent";
 }
 
 /** A build of tainerd to install. */
@@ -217,8 +223,13 @@ export async function install(opts: InstallOptions = {}): Promise<InstallStep[]>
 
   const bin = `${prefix}/bin/tainerd`;
   const lib = `${prefix}/lib/tainerd/tainerd.js`;
+  const files: ManifestFile[] = [];
+  const putTracked = async (path: string, data: Uint8Array, mode: number) => {
+    step(path, await put(staged(path), data, mode));
+    files.push({ path, sha256: sha256Hex(data) });
+  };
   if (source.kind === "compiled") {
-    step(bin, await put(staged(bin), await Deno.readFile(source.path), 0o755));
+    await putTracked(bin, await Deno.readFile(source.path), 0o755);
     // An earlier bundle install's leftovers.
     try {
       await Deno.remove(staged(lib));
@@ -228,13 +239,13 @@ export async function install(opts: InstallOptions = {}): Promise<InstallStep[]>
       // None.
     }
   } else {
-    step(lib, await put(staged(lib), await Deno.readFile(source.path), 0o755));
+    await putTracked(lib, await Deno.readFile(source.path), 0o755);
     const wrapper = bundleWrapper(lib, opts.deno ?? Deno.execPath());
-    step(bin, await put(staged(bin), encoder.encode(wrapper), 0o755));
+    await putTracked(bin, encoder.encode(wrapper), 0o755);
   }
 
   const unit = `${systemdDir}/tainerd.service`;
-  step(unit, await put(staged(unit), encoder.encode(renderUnit({ prefix, configDir })), 0o644));
+  await putTracked(unit, encoder.encode(renderUnit({ prefix, configDir })), 0o644);
 
   const config = `${configDir}/config.toml`;
   if (await isFile(staged(config))) {
@@ -242,6 +253,201 @@ export async function install(opts: InstallOptions = {}): Promise<InstallStep[]>
   } else {
     const text = formatDefaultConfig(BUILTINS);
     step(config, await put(staged(config), encoder.encode(text), 0o644));
+  }
+
+  const manifest: InstallManifest = {
+    version: 1,
+    kind: source.kind,
+    prefix,
+    configDir,
+    systemdDir,
+    files,
+    config,
+  };
+  const path = manifestPath(prefix);
+  step(
+    path,
+    await put(staged(path), encoder.encode(JSON.stringify(manifest, null, 2) + "\n"), 0o644),
+  );
+  return steps;
+}
+
+/** One file of {@linkcode InstallManifest}: its target path and the SHA-256 it was written with. */
+export interface ManifestFile {
+  path: string;
+  sha256: string;
+}
+
+/** What `tainerd install` put in place, as `<prefix>/lib/tainerd/install-manifest.json`. */
+export interface InstallManifest {
+  version: 1;
+  kind: InstallSource["kind"];
+  prefix: string;
+  configDir: string;
+  systemdDir: string;
+  /** The files uninstall removes (program, wrapper, unit, shim launcher…). */
+  files: ManifestFile[];
+  /** The config file (removed only with `--purge-config`). */
+  config: string;
+}
+
+/** Where install records what it installed under `prefix`. */
+export function manifestPath(prefix: string): string {
+  return `${prefix}/lib/tainerd/install-manifest.json`;
+}
+
+function sha256Hex(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+/** Options of {@linkcode uninstall}. */
+export interface UninstallOptions {
+  /** The prefix tainerd was installed under (default /usr/local). */
+  prefix?: string;
+  /** Where config.toml is, when there is no manifest (default /etc/tainerd). */
+  configDir?: string;
+  /** Where tainerd.service is, when there is no manifest (default /etc/systemd/system). */
+  systemdDir?: string;
+  /** The staging root (default /). */
+  root?: string;
+  /** Remove the config too (kept by default). */
+  purgeConfig?: boolean;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function parseManifest(text: string, where: string): InstallManifest {
+  let m: unknown;
+  try {
+    m = JSON.parse(text);
+  } catch {
+    throw failedPrecondition(`${where} is not valid JSON; not removing anything`);
+  }
+  const o = m as Partial<InstallManifest> | null;
+  const abs = (p: unknown) => typeof p === "string" && p.startsWith("/") && !p.includes("/../");
+  if (
+    !o || o.version !== 1 || !abs(o.prefix) || !abs(o.configDir) || !abs(o.systemdDir) ||
+    !abs(o.config) || !Array.isArray(o.files) ||
+    !o.files.every((f) => abs(f?.path) && typeof f?.sha256 === "string")
+  ) {
+    throw failedPrecondition(`${where} is not a tainerd install manifest; not removing anything`);
+  }
+  return o as InstallManifest;
+}
+
+/**
+ * Removes what `tainerd install` put in place, as its manifest records it: the program (binary,
+ * or bundle + wrapper), the unit, any other file it lists, then the manifest; the config only
+ * with `purgeConfig`. Data (/var/lib/tainerd, /run/tainerd) is never touched. Idempotent: with
+ * nothing installed it does nothing.
+ *
+ * @throws {TainerdError} FailedPrecondition, removing nothing, when tainerd's files are there
+ *   without a manifest, or a listed file changed since install wrote it
+ */
+export async function uninstall(opts: UninstallOptions = {}): Promise<InstallStep[]> {
+  const prefix = checkPath("prefix", opts.prefix ?? INSTALL_DEFAULTS.prefix);
+  let configDir = checkPath("config directory", opts.configDir ?? INSTALL_DEFAULTS.configDir);
+  let systemdDir = checkPath("systemd directory", opts.systemdDir ?? INSTALL_DEFAULTS.systemdDir);
+  const root = resolve(opts.root ?? "/");
+  const staged = (p: string) => join(root, p);
+  const steps: InstallStep[] = [];
+  const mpath = manifestPath(prefix);
+
+  let text: string | undefined;
+  try {
+    text = await Deno.readTextFile(staged(mpath));
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  let config = `${configDir}/config.toml`;
+  if (text === undefined) {
+    const ours = [
+      `${prefix}/bin/tainerd`,
+      `${prefix}/bin/containerd-shim-tainerd-v2`,
+      `${prefix}/lib/tainerd/tainerd.js`,
+      `${systemdDir}/tainerd.service`,
+    ];
+    const found = [];
+    for (const p of ours) if (await exists(staged(p))) found.push(p);
+    if (found.length > 0) {
+      throw failedPrecondition(
+        `Not removing ${found.join(", ")}: not installed by tainerd install (no ${mpath}); ` +
+          "remove them by hand, or run tainerd install again first",
+      );
+    }
+  } else {
+    const m = parseManifest(text, mpath);
+    if (m.prefix !== prefix) {
+      throw failedPrecondition(
+        `${mpath} records another prefix (${m.prefix}); not removing anything`,
+      );
+    }
+    configDir = m.configDir;
+    systemdDir = m.systemdDir;
+    config = m.config;
+    // Only tainerd's own file names, under the recorded directories.
+    const allowed = new Set([
+      `${prefix}/bin/tainerd`,
+      `${prefix}/bin/containerd-shim-tainerd-v2`,
+      `${prefix}/lib/tainerd/tainerd.js`,
+      `${systemdDir}/tainerd.service`,
+    ]);
+    const foreign = m.files.filter((f) => !allowed.has(f.path)).map((f) => f.path);
+    if (foreign.length > 0) {
+      throw failedPrecondition(
+        `${mpath} lists files tainerd does not install (${foreign.join(", ")}); ` +
+          "not removing anything",
+      );
+    }
+    const present: string[] = [];
+    const changed: string[] = [];
+    for (const f of m.files) {
+      let data: Uint8Array;
+      try {
+        data = await Deno.readFile(staged(f.path));
+      } catch (err) {
+        if (err instanceof Deno.errors.NotFound) continue;
+        throw err;
+      }
+      if (sha256Hex(data) === f.sha256) present.push(f.path);
+      else changed.push(f.path);
+    }
+    if (changed.length > 0) {
+      throw failedPrecondition(
+        `Not removing anything: ${changed.join(", ")} changed since tainerd install wrote ` +
+          `${changed.length === 1 ? "it" : "them"} (remove by hand, or run tainerd install again)`,
+      );
+    }
+    for (const f of m.files) {
+      if (present.includes(f.path)) {
+        await Deno.remove(staged(f.path));
+        steps.push({ path: f.path, action: "removed" });
+      } else {
+        steps.push({ path: f.path, action: "absent" });
+      }
+    }
+  }
+
+  if (await exists(staged(config))) {
+    if (opts.purgeConfig) {
+      await Deno.remove(staged(config));
+      steps.push({ path: config, action: "removed" });
+      await Deno.remove(staged(configDir)).catch(() => {}); // Only if empty.
+    } else {
+      steps.push({ path: config, action: "kept" });
+    }
+  }
+  if (text !== undefined) {
+    await Deno.remove(staged(mpath));
+    steps.push({ path: mpath, action: "removed" });
+    await Deno.remove(staged(dirname(mpath))).catch(() => {}); // Only if empty.
   }
   return steps;
 }
@@ -284,4 +490,31 @@ export function installCommand(): Command {
         );
       }
     });
+}
+
+/** The `uninstall` command. */
+export function uninstallCommand(): Command {
+  return new Command("uninstall")
+    .description(
+      "remove what tainerd install put in place; keeps data and, unless --purge-config, the config",
+    )
+    .option("--prefix <dir>", "installation prefix", INSTALL_DEFAULTS.prefix)
+    .option("--config-dir <dir>", "directory of config.toml", INSTALL_DEFAULTS.configDir)
+    .option("--systemd-dir <dir>", "directory of tainerd.service", INSTALL_DEFAULTS.systemdDir)
+    .option("--root <dir>", "the staging root the install was made under", "/")
+    .option("--purge-config", "remove the config too")
+    .action(
+      async (o: Required<Omit<UninstallOptions, "purgeConfig">> & { purgeConfig?: boolean }) => {
+        const steps = await uninstall(o);
+        const out = (s: string) => Deno.stdout.writeSync(new TextEncoder().encode(s));
+        if (steps.length === 0) out("Nothing to uninstall.\n");
+        for (const s of steps) out(`${s.action.padEnd(9)} ${s.path}\n`);
+        if (steps.some((s) => s.action === "removed") && o.root === "/") {
+          out(
+            "Data in /var/lib/tainerd and /run/tainerd was left alone. Stop tainerd before " +
+              "uninstalling it; then: systemctl daemon-reload\n",
+          );
+        }
+      },
+    );
 }

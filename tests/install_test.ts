@@ -4,7 +4,14 @@
  */
 
 import assert from "node:assert/strict";
-import { install, renderUnit, SYSTEMD_UNIT } from "../cli/install.ts";
+import {
+  install,
+  type InstallManifest,
+  manifestPath,
+  renderUnit,
+  SYSTEMD_UNIT,
+  uninstall,
+} from "../cli/install.ts";
 import { formatDefaultConfig, loadConfig } from "../config/config.ts";
 import { BUILTINS } from "../plugins/builtins.ts";
 import { run } from "./harness.ts";
@@ -47,6 +54,7 @@ Deno.test("install() stages a bundle, its wrapper, the unit and the default conf
       { path: "/usr/local/bin/tainerd", action: "installed" },
       { path: "/etc/systemd/system/tainerd.service", action: "installed" },
       { path: "/etc/tainerd/config.toml", action: "installed" },
+      { path: "/usr/local/lib/tainerd/install-manifest.json", action: "installed" },
     ]);
     assert.equal(
       await Deno.readTextFile(`${root}/usr/local/lib/tainerd/tainerd.js`),
@@ -74,8 +82,19 @@ Deno.test("install() stages a bundle, its wrapper, the unit and the default conf
       "etc/systemd/system/tainerd.service",
       "etc/tainerd/config.toml",
       "usr/local/bin/tainerd",
+      "usr/local/lib/tainerd/install-manifest.json",
       "usr/local/lib/tainerd/tainerd.js",
     ], "nothing else, no temp file left");
+    const manifest: InstallManifest = JSON.parse(
+      await Deno.readTextFile(`${root}${manifestPath("/usr/local")}`),
+    );
+    assert.equal(manifest.kind, "bundle");
+    assert.deepEqual(manifest.files.map((f) => f.path), [
+      "/usr/local/lib/tainerd/tainerd.js",
+      "/usr/local/bin/tainerd",
+      "/etc/systemd/system/tainerd.service",
+    ]);
+    assert.equal(manifest.config, "/etc/tainerd/config.toml");
   }));
 
 function* walk(root: string, rel = ""): Generator<string> {
@@ -94,12 +113,24 @@ Deno.test("install() is idempotent and keeps an existing config", () =>
     const config = `${root}/etc/tainerd/config.toml`;
     await Deno.writeTextFile(config, 'version = 2\nroot = "/srv/tainerd"\n');
     const again = await install({ root, from, deno: "/usr/bin/deno" });
-    assert.deepEqual(again.map((s) => s.action), ["unchanged", "unchanged", "unchanged", "kept"]);
+    assert.deepEqual(again.map((s) => s.action), [
+      "unchanged",
+      "unchanged",
+      "unchanged",
+      "kept",
+      "unchanged",
+    ]);
     assert.equal(await Deno.readTextFile(config), 'version = 2\nroot = "/srv/tainerd"\n');
     // An upgrade replaces the program.
     await Deno.writeTextFile(`${from}/tainerd.js`, "console.log('newer');\n");
     const upgrade = await install({ root, from, deno: "/usr/bin/deno" });
-    assert.deepEqual(upgrade.map((s) => s.action), ["installed", "unchanged", "unchanged", "kept"]);
+    assert.deepEqual(upgrade.map((s) => s.action), [
+      "installed",
+      "unchanged",
+      "unchanged",
+      "kept",
+      "installed",
+    ], "the manifest records the new hash");
     assert.equal(
       await Deno.readTextFile(`${root}/usr/local/lib/tainerd/tainerd.js`),
       "console.log('newer');\n",
@@ -121,7 +152,13 @@ Deno.test("install() of a compiled binary replaces an earlier bundle install", (
       await Deno.readFile("/bin/true"),
     );
     assert.equal(mode(`${root}/usr/local/bin/tainerd`), 0o755);
-    await assert.rejects(Deno.stat(`${root}/usr/local/lib/tainerd`), Deno.errors.NotFound);
+    await assert.rejects(
+      Deno.stat(`${root}/usr/local/lib/tainerd/tainerd.js`),
+      Deno.errors.NotFound,
+    );
+    assert.deepEqual([...Deno.readDirSync(`${root}/usr/local/lib/tainerd`)].map((e) => e.name), [
+      "install-manifest.json",
+    ]);
   }));
 
 Deno.test("install() follows --prefix, --config-dir and --systemd-dir", () =>
@@ -138,6 +175,7 @@ Deno.test("install() follows --prefix, --config-dir and --systemd-dir", () =>
       "/opt/tainerd/bin/tainerd",
       "/usr/lib/systemd/system/tainerd.service",
       "/etc/tainerd-test/config.toml",
+      "/opt/tainerd/lib/tainerd/install-manifest.json",
     ]);
     const unit = await Deno.readTextFile(`${root}/usr/lib/systemd/system/tainerd.service`);
     assert.match(
@@ -198,4 +236,185 @@ Deno.test("tainerd install --root stages the files and starts nothing", () =>
     const bad = await run(Deno.execPath(), ["run", "-A", MAIN, "install", "--root", root]);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /^tainerd: Cannot install from the source tree/);
+  }));
+
+/** Stand-ins for the data tainerd keeps: never touched by uninstall. */
+async function fakeData(root: string): Promise<string[]> {
+  const files = [`${root}/var/lib/tainerd/metadata.db`, `${root}/run/tainerd/tainerd.sock`];
+  for (const f of files) {
+    await Deno.mkdir(f.slice(0, f.lastIndexOf("/")), { recursive: true });
+    await Deno.writeTextFile(f, "data\n");
+  }
+  return files;
+}
+
+Deno.test("uninstall() removes a bundle install, keeps the config and the data, idempotently", () =>
+  withTemp(async (dir) => {
+    const root = `${dir}/root`;
+    await install({ root, from: await fakeBuild(dir, "bundle"), deno: "/usr/bin/deno" });
+    const data = await fakeData(root);
+    // Something else in the same directories stays.
+    await Deno.writeTextFile(`${root}/usr/local/bin/other`, "#!/bin/sh\n");
+    await Deno.writeTextFile(`${root}/etc/systemd/system/other.service`, "[Unit]\n");
+    const steps = await uninstall({ root });
+    assert.deepEqual(steps, [
+      { path: "/usr/local/lib/tainerd/tainerd.js", action: "removed" },
+      { path: "/usr/local/bin/tainerd", action: "removed" },
+      { path: "/etc/systemd/system/tainerd.service", action: "removed" },
+      { path: "/etc/tainerd/config.toml", action: "kept" },
+      { path: "/usr/local/lib/tainerd/install-manifest.json", action: "removed" },
+    ]);
+    assert.deepEqual([...walk(root)].sort(), [
+      "etc/systemd/system/other.service",
+      "etc/tainerd/config.toml",
+      "run/tainerd/tainerd.sock",
+      "usr/local/bin/other",
+      "var/lib/tainerd/metadata.db",
+    ]);
+    await assert.rejects(Deno.stat(`${root}/usr/local/lib/tainerd`), Deno.errors.NotFound);
+    for (const f of data) assert.equal(await Deno.readTextFile(f), "data\n");
+    // Again: nothing left to remove but the config, still kept.
+    assert.deepEqual(await uninstall({ root }), [
+      { path: "/etc/tainerd/config.toml", action: "kept" },
+    ]);
+    // --purge-config takes the config (and its now empty directory), not the data.
+    assert.deepEqual(await uninstall({ root, purgeConfig: true }), [
+      { path: "/etc/tainerd/config.toml", action: "removed" },
+    ]);
+    await assert.rejects(Deno.stat(`${root}/etc/tainerd`), Deno.errors.NotFound);
+    assert.deepEqual(await uninstall({ root, purgeConfig: true }), []);
+    for (const f of data) assert.equal(await Deno.readTextFile(f), "data\n");
+  }));
+
+Deno.test("uninstall() follows the paths install recorded; --purge-config removes the config", () =>
+  withTemp(async (dir) => {
+    const root = `${dir}/root`;
+    const paths = {
+      prefix: "/opt/tainerd",
+      configDir: "/etc/td",
+      systemdDir: "/usr/lib/systemd/system",
+    };
+    await install({ root, from: await fakeBuild(dir, "compiled"), ...paths });
+    await fakeData(root);
+    // The unit and config directories come from the manifest, found under the prefix.
+    const steps = await uninstall({ root, prefix: "/opt/tainerd", purgeConfig: true });
+    assert.deepEqual(steps, [
+      { path: "/opt/tainerd/bin/tainerd", action: "removed" },
+      { path: "/usr/lib/systemd/system/tainerd.service", action: "removed" },
+      { path: "/etc/td/config.toml", action: "removed" },
+      { path: "/opt/tainerd/lib/tainerd/install-manifest.json", action: "removed" },
+    ]);
+    assert.deepEqual([...walk(root)].sort(), [
+      "run/tainerd/tainerd.sock",
+      "var/lib/tainerd/metadata.db",
+    ]);
+  }));
+
+Deno.test("uninstall() removes a listed shim launcher and tolerates files already gone", () =>
+  withTemp(async (dir) => {
+    const root = `${dir}/root`;
+    await install({ root, from: await fakeBuild(dir, "compiled") });
+    // A shim launcher recorded in the manifest (as an install that puts one in place does).
+    const shim = "/usr/local/bin/containerd-shim-tainerd-v2";
+    const launcher = new TextEncoder().encode('#!/bin/sh\nexec tainerd shim "$@"\n');
+    await Deno.writeFile(`${root}${shim}`, launcher, { mode: 0o755 });
+    const mpath = `${root}${manifestPath("/usr/local")}`;
+    const m: InstallManifest = JSON.parse(await Deno.readTextFile(mpath));
+    const hash = Array.from(
+      new Uint8Array(await crypto.subtle.digest("SHA-256", launcher)),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+    m.files.push({ path: shim, sha256: hash });
+    await Deno.writeTextFile(mpath, JSON.stringify(m));
+    await Deno.remove(`${root}/etc/systemd/system/tainerd.service`);
+    const steps = await uninstall({ root });
+    assert.deepEqual(steps, [
+      { path: "/usr/local/bin/tainerd", action: "removed" },
+      { path: "/etc/systemd/system/tainerd.service", action: "absent" },
+      { path: shim, action: "removed" },
+      { path: "/etc/tainerd/config.toml", action: "kept" },
+      { path: "/usr/local/lib/tainerd/install-manifest.json", action: "removed" },
+    ]);
+    assert.deepEqual([...walk(root)].sort(), ["etc/tainerd/config.toml"]);
+  }));
+
+Deno.test("uninstall() refuses files it did not install, removing nothing", () =>
+  withTemp(async (dir) => {
+    const root = `${dir}/root`;
+    // No manifest: a tainerd put there by hand (or by another package) stays.
+    await Deno.mkdir(`${root}/usr/local/bin`, { recursive: true });
+    await Deno.copyFile("/bin/true", `${root}/usr/local/bin/tainerd`);
+    await assert.rejects(
+      uninstall({ root }),
+      /Not removing \/usr\/local\/bin\/tainerd: not installed by tainerd install/,
+    );
+    assert.ok(await Deno.stat(`${root}/usr/local/bin/tainerd`));
+    await Deno.remove(root, { recursive: true });
+
+    // A file changed since install wrote it: nothing is removed.
+    await install({ root, from: await fakeBuild(dir, "bundle") });
+    const unit = `${root}/etc/systemd/system/tainerd.service`;
+    await Deno.writeTextFile(unit, "[Service]\nExecStart=/usr/bin/something-else\n");
+    await assert.rejects(
+      uninstall({ root }),
+      /Not removing anything: \/etc\/systemd\/system\/tainerd\.service changed/,
+    );
+    const before = [...walk(root)].sort();
+    assert.ok(before.includes("usr/local/bin/tainerd"));
+    assert.ok(before.includes("usr/local/lib/tainerd/install-manifest.json"));
+
+    // A manifest listing a file that is not tainerd's.
+    await Deno.writeTextFile(`${root}/etc/passwd`, "root:x:0:0::/root:/bin/sh\n");
+    const mpath = `${root}${manifestPath("/usr/local")}`;
+    const m: InstallManifest = JSON.parse(await Deno.readTextFile(mpath));
+    m.files.push({ path: "/etc/passwd", sha256: "0".repeat(64) });
+    await Deno.writeTextFile(mpath, JSON.stringify(m));
+    await assert.rejects(
+      uninstall({ root }),
+      /lists files tainerd does not install \(\/etc\/passwd\)/,
+    );
+    await Deno.writeTextFile(mpath, "not json");
+    await assert.rejects(uninstall({ root }), /not valid JSON/);
+    assert.deepEqual([...walk(root)].sort(), [...before, "etc/passwd"].sort(), "nothing removed");
+  }));
+
+Deno.test("tainerd uninstall --root removes a staged install", () =>
+  withTemp(async (dir) => {
+    const root = `${dir}/root`;
+    const from = await fakeBuild(dir, "bundle");
+    let r = await run(Deno.execPath(), [
+      "run",
+      "-A",
+      MAIN,
+      "install",
+      "--root",
+      root,
+      "--from",
+      from,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await run(Deno.execPath(), ["run", "-A", MAIN, "uninstall", "--root", root]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^removed +\/usr\/local\/bin\/tainerd$/m);
+    assert.match(r.stdout, /^kept +\/etc\/tainerd\/config\.toml$/m);
+    assert.doesNotMatch(r.stdout, /systemctl/, "no advice for a staged uninstall");
+    r = await run(Deno.execPath(), [
+      "run",
+      "-A",
+      MAIN,
+      "uninstall",
+      "--root",
+      root,
+      "--purge-config",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^removed +\/etc\/tainerd\/config\.toml$/m);
+    r = await run(Deno.execPath(), ["run", "-A", MAIN, "uninstall", "--root", root]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "Nothing to uninstall.\n");
+    await Deno.mkdir(`${root}/etc/systemd/system`, { recursive: true });
+    await Deno.writeTextFile(`${root}/etc/systemd/system/tainerd.service`, "[Unit]\n");
+    r = await run(Deno.execPath(), ["run", "-A", MAIN, "uninstall", "--root", root]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^tainerd: Not removing \/etc\/systemd\/system\/tainerd\.service/);
   }));

@@ -13,6 +13,7 @@
 import type { TainerdClient } from "../../client/client.ts";
 import { readContent } from "../../client/content.ts";
 import {
+  contentInfo,
   contentProvider,
   setContentLabels,
   withLease,
@@ -21,7 +22,7 @@ import {
 import { type ImageRecord, putImage } from "../../client/images.ts";
 import { readTar, TarType } from "../../archive/tar/mod.ts";
 import { digestOf, isDigest } from "../../plugins/content/digest.ts";
-import { invalidArgument, notFound } from "../../plugins/errdefs.ts";
+import { invalidArgument, isKind, notFound } from "../../plugins/errdefs.ts";
 import {
   ANNOTATION_IMAGE_NAME,
   ANNOTATION_REF_NAME,
@@ -105,7 +106,29 @@ function cleanPath(name: string): string {
   return parts.join("/");
 }
 
-function joinPath(dir: string, rel: string): string {
+/**
+ * The archive path of a tar entry, refusing absolute names and `..` components (an archive
+ * naming files outside its root is hostile, whatever it means to do).
+ */
+function safePath(name: string): string {
+  if (name.startsWith("/") || name.split("/").includes("..")) {
+    throw invalidArgument(`Cannot import: the archive names an unsafe path "${name}"`);
+  }
+  return cleanPath(name);
+}
+
+/** A symlink's target inside the archive; `..` may climb, but never out of the root. */
+function joinPath(name: string, dir: string, rel: string): string {
+  let depth = 0;
+  for (const p of (rel.startsWith("/") ? rel : `${dir}/${rel}`).split("/")) {
+    if (p === "" || p === ".") continue;
+    depth += p === ".." ? -1 : 1;
+    if (depth < 0) {
+      throw invalidArgument(
+        `Cannot import: the symlink "${name}" points outside the archive ("${rel}")`,
+      );
+    }
+  }
   return cleanPath(rel.startsWith("/") ? rel : `${dir}/${rel}`);
 }
 
@@ -233,9 +256,9 @@ export async function importIndex(
 
   for await (const { header, body } of readTar(source)) {
     opts.signal?.throwIfAborted();
-    const name = cleanPath(header.name);
+    const name = safePath(header.name);
     if (header.type === TarType.Symlink) {
-      symlinks.set(name, joinPath(dirname(name), header.linkname));
+      symlinks.set(name, joinPath(name, dirname(name), header.linkname));
       continue;
     }
     if (header.type !== TarType.Regular && header.type !== TarType.Contiguous) continue;
@@ -256,10 +279,19 @@ export async function importIndex(
     const named = m && isDigest(`${m[1]}:${m[2]}`) ? `${m[1]}:${m[2]}` : undefined;
     const ref = `tar-${name}`;
     opts.onProgress?.({ ref, status: "downloading", offset: 0, total: header.size });
-    const result = await writeBlob(client, ref, body, {
-      expected: named ? { digest: named, size: header.size } : undefined,
-      signal: opts.signal,
-    });
+    let result;
+    try {
+      result = await writeBlob(client, ref, body, {
+        expected: named ? { digest: named, size: header.size } : undefined,
+        signal: opts.signal,
+      });
+    } catch (err) {
+      if (!named || !isKind(err, "FailedPrecondition")) throw err;
+      throw invalidArgument(
+        `Cannot import: the blob "${name}" does not match its digest: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
     opts.onProgress?.({
       ref,
       status: result.existed ? "exists" : "done",
@@ -373,6 +405,18 @@ export async function importArchive(
       for (const child of kept) {
         if (seen.has(child.digest)) continue;
         seen.add(child.digest);
+        // Everything the images will hold must be in the archive (now in the store).
+        const info = await contentInfo(leased, child.digest);
+        if (!info) {
+          throw notFound(
+            `Cannot import: ${child.digest} (${child.mediaType}), named by ${desc.digest}, is not in the archive`,
+          );
+        }
+        if (info.size !== child.size) {
+          throw invalidArgument(
+            `Cannot import: ${child.digest} has ${info.size} bytes, not the ${child.size} ${desc.digest} names`,
+          );
+        }
         if (!hasChildren(child.mediaType)) continue;
         await walk(child, childrenOf(child, await provider.readBlob(child)));
       }

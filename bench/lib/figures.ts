@@ -193,7 +193,8 @@ export async function runLatency(s: Session): Promise<void> {
       containerd: shimExec.containerd,
       tainerd: shimExec.tainerd,
       note: "`containerd-shim-runc-v2 -v` vs `deno run -A main.ts shim -v`; " +
-        "a shim is exec'd twice per container (start, then the long-lived shim)",
+        "containerd execs its shim twice per container (start, then the long-lived " +
+        "shim); tainerd's daemon starts its own shim once",
     }),
   );
 }

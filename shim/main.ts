@@ -12,7 +12,9 @@
  * daemon's ttrpc socket, for events) and optionally `TAINERD_STATE_DIR` (default
  * `/run/tainerd`). The bundle is `-bundle`, else the working directory.
  *
- * - `start`: computes the socket address `unix://<state>/s/<sha256(address/ns/id)>`, spawns the
+ * - `start`: computes the socket address `unix://<state>/s/<sha256(address/ns/group)>` (group:
+ *   the `io.containerd.runc.v2.group` or `io.kubernetes.cri.sandbox-id` annotation of the
+ *   bundle's config.json, else the id; one shim serves a whole group), spawns the
  *   long-lived shim (this same program, with `-socket`) detached in its own session with the
  *   bundle as working directory, waits until the socket answers, writes the bundle's `address`
  *   file and prints the address on stdout. If a live shim already listens there, its address
@@ -271,6 +273,30 @@ export interface LaunchOptions {
   socketDir?: string;
 }
 
+/** The spec annotations that put containers in one shim, as containerd's `groupLabels`. */
+export const GROUP_ANNOTATIONS = ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
+
+/**
+ * The grouping id of a bundle: the value of the first {@link GROUP_ANNOTATIONS} annotation of
+ * its `config.json`, else the container id.
+ */
+export async function groupingOf(bundle: string, id: string): Promise<string> {
+  let annotations: Record<string, unknown> = {};
+  try {
+    const spec = JSON.parse(await Deno.readTextFile(`${bundle}/config.json`));
+    if (spec && typeof spec.annotations === "object" && spec.annotations !== null) {
+      annotations = spec.annotations;
+    }
+  } catch {
+    // no readable spec: the container is its own group
+  }
+  for (const key of GROUP_ANNOTATIONS) {
+    const value = annotations[key];
+    if (typeof value === "string" && value !== "") return value;
+  }
+  return id;
+}
+
 /**
  * Spawns the long-lived shim for a task (detached, in its own session), waits until it
  * answers on its socket and writes the bundle's `address` file: the work of the `start`
@@ -280,9 +306,9 @@ export interface LaunchOptions {
 export async function launchShim(o: LaunchOptions, log: Logger): Promise<string> {
   const { bundle } = o;
   const shimCgroup = o.shimCgroup ?? "";
-  // TODO(grouping): use the io.containerd.runc.v2.group / io.kubernetes.cri.sandbox-id
-  // annotation of config.json instead of the id, so that one shim serves the group.
-  const grouping = o.id;
+  // One shim serves every container of a group (containerd's runc v2 manager: the first of
+  // the group annotations found in config.json, else the container id).
+  const grouping = await groupingOf(bundle, o.id);
   const address = o.socketDir
     ? socketAddress(o.address, o.namespace, grouping, o.socketDir)
     : socketAddress(o.address, o.namespace, grouping);
@@ -455,6 +481,9 @@ function bundleLogSink(bundle: string): LogSink | null {
 /** The long-lived shim: serves the Task API until shut down. */
 export async function serveShim(flags: ShimFlags, log: Logger): Promise<void> {
   const bundle = flags.bundle || Deno.cwd();
+  // A grouped shim outlives the bundle it started in (its working directory): leave it, or
+  // spawning runc fails once that bundle is removed. Every path the shim uses is absolute.
+  Deno.chdir("/");
   try {
     setsid();
   } catch (err) {

@@ -6,6 +6,11 @@
  * bundles; shims that are gone are cleaned up with their `delete` action and their exit is
  * published.
  *
+ * Containers of one group (spec annotation `io.containerd.runc.v2.group` or
+ * `io.kubernetes.cri.sandbox-id`) share one shim: their tasks share the shim's address and one
+ * ttrpc connection, released when the group's last task is deleted; a lost connection marks
+ * every task of that shim dead.
+ *
  * The shim is tainerd's own (`tainerd shim …`) for the runc runtimes, or an external shim
  * binary (containerd's `containerd-shim-runc-v2`, …) resolved as containerd does (see
  * `binary.ts`); an external shim is run exactly as containerd runs it (same flags, `GOMAXPROCS`,
@@ -61,7 +66,7 @@ export interface CreateOptions {
   taskOptions?: AnyValue;
 }
 
-/** A running shim serving one task. */
+/** A running shim serving one task (a grouped shim serves several). */
 export class ShimTask {
   readonly namespace: string;
   readonly id: string;
@@ -75,6 +80,8 @@ export class ShimTask {
   shimLog?: ShimLog;
   /** Set once the task is deleted or its shim is gone. */
   closed = false;
+  readonly #release: () => void;
+  #released = false;
 
   constructor(
     namespace: string,
@@ -83,6 +90,7 @@ export class ShimTask {
     address: string,
     client: TtrpcClient,
     binary: string | null = null,
+    release: () => void = () => client.close(),
   ) {
     this.namespace = namespace;
     this.id = id;
@@ -91,14 +99,27 @@ export class ShimTask {
     this.client = client;
     this.binary = binary;
     this.task = createTtrpcClient(Task, client);
+    this.#release = release;
   }
 
-  /** Closes the connection (the shim keeps running) and the log FIFO. */
+  /**
+   * Lets go of the shim (it keeps running) and closes the log FIFO; the connection, shared by
+   * the tasks of one shim, closes with its last task.
+   */
   close(): void {
     this.closed = true;
-    this.client.close();
     this.shimLog?.close();
+    if (this.#released) return;
+    this.#released = true;
+    this.#release();
   }
+}
+
+/** One ttrpc connection to a shim, shared by the tasks it serves. */
+interface ShimConnection {
+  address: string;
+  client: Promise<TtrpcClient>;
+  tasks: Set<ShimTask>;
 }
 
 /** Options for {@link RuntimeManager}. */
@@ -128,6 +149,8 @@ export class RuntimeManager {
   readonly #opts: RuntimeManagerOptions;
   readonly #tasks = new Map<string, ShimTask>();
   readonly #creating = new Set<string>();
+  /** Connections by shim address. */
+  readonly #conns = new Map<string, ShimConnection>();
 
   constructor(opts: RuntimeManagerOptions) {
     this.#opts = opts;
@@ -232,6 +255,7 @@ export class RuntimeManager {
     const res = await t.task.delete({ id });
     t.closed = true;
     this.#tasks.delete(this.#key(ns, id));
+    // A grouped shim exits only once it serves no container any more.
     await t.task.shutdown({ id }).catch(() => {});
     t.close();
     await this.#removeBundle(ns, id);
@@ -400,17 +424,49 @@ export class RuntimeManager {
     address: string,
     binary: string | null,
   ): Promise<ShimTask> {
-    const client = await TtrpcClient.connect(address.slice("unix://".length));
-    const t = new ShimTask(ns, id, bundle, address, client, binary);
-    client.done.then(() => {
-      if (!t.closed) {
-        this.#opts.log.warn("shim connection lost", { namespace: ns, id });
-        t.close();
-        this.#tasks.delete(this.#key(ns, id));
-        void this.#cleanupDeadShim(binary, ns, id, bundle);
-      }
+    let conn = this.#conns.get(address);
+    if (!conn) {
+      const c: ShimConnection = {
+        address,
+        client: TtrpcClient.connect(address.slice("unix://".length)),
+        tasks: new Set(),
+      };
+      conn = c;
+      this.#conns.set(address, c);
+      c.client.then(
+        (client) => client.done.then(() => this.#lost(c)),
+        () => {
+          if (this.#conns.get(address) === c) this.#conns.delete(address);
+        },
+      );
+    }
+    const c = conn;
+    const client = await c.client;
+    if (client.closed) throw internal(`The connection to the shim of "${id}" is closed`);
+    const t: ShimTask = new ShimTask(ns, id, bundle, address, client, binary, () => {
+      c.tasks.delete(t);
+      if (c.tasks.size > 0) return;
+      if (this.#conns.get(address) === c) this.#conns.delete(address);
+      client.close();
     });
+    c.tasks.add(t);
     return t;
+  }
+
+  /** A shim connection ended: every live task it served is dead; clean each bundle. */
+  #lost(c: ShimConnection): void {
+    if (this.#conns.get(c.address) === c) this.#conns.delete(c.address);
+    for (const t of [...c.tasks]) {
+      if (t.closed) continue;
+      const key = this.#key(t.namespace, t.id);
+      // A task being created or loaded is not registered yet: its caller cleans it up.
+      const registered = this.#tasks.get(key) === t;
+      t.close();
+      if (!registered) continue;
+      this.#opts.log.warn("shim connection lost", { namespace: t.namespace, id: t.id });
+      this.#tasks.delete(key);
+      void this.#cleanupDeadShim(t.binary, t.namespace, t.id, t.bundle);
+    }
   }
 
   /** Runs the shim's `delete` action on a bundle and parses its DeleteResponse. */
@@ -526,13 +582,19 @@ export class RuntimeManager {
     const log = this.#opts.log.child({ namespace: ns, id });
     if (address) {
       try {
+        // Bundles of one grouped shim share its connection (see #connect).
+        const connecting = this.#connect(ns, id, bundle, address, binary);
         const t = await withTimeout(
-          this.#connect(ns, id, bundle, address, binary),
+          connecting,
           timeoutMs,
           `connect to the shim of "${id}"`,
-        );
+        ).catch((err) => {
+          connecting.then((late) => late.close(), () => {});
+          throw err;
+        });
         try {
           await t.task.connect({ id }, { timeoutMs });
+          if (t.closed) throw internal(`The connection to the shim of "${id}" was lost`);
           if (binary !== null) t.shimLog = this.#openShimLog(ns, id, bundle);
           this.#tasks.set(this.#key(ns, id), t);
           log.info("reconnected to shim", binary === null ? {} : { binary });
@@ -552,6 +614,8 @@ export class RuntimeManager {
   close(): void {
     for (const t of this.#tasks.values()) t.close();
     this.#tasks.clear();
+    for (const c of this.#conns.values()) c.client.then((client) => client.close(), () => {});
+    this.#conns.clear();
   }
 }
 

@@ -144,3 +144,73 @@ Deno.test("a killed shim: its task is reported stopped and everything is cleaned
     r = await d.ctr(["version"]);
     assert.equal(r.code, 0, "the daemon stays healthy");
   }));
+
+Deno.test("three tasks across a daemon SIGKILL: the one that exits meanwhile is published exactly once", () =>
+  withRestartableDaemon(async (d, rootfs) => {
+    for (const id of ["a1", "a2"]) {
+      const r = await d.ctr(["run", "-d", "--rootfs", rootfs, id, "/bin/sleep", "1000"]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    let r = await d.ctr([
+      "run",
+      "-d",
+      "--rootfs",
+      rootfs,
+      "a3",
+      "/bin/sh",
+      "-c",
+      "sleep 2; exit 7",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    await d.kill();
+    await delay(3000);
+    const logBefore = (await d.log()).length;
+    await d.start();
+    const exitsAfterRestart = async () =>
+      (await d.log()).slice(logBefore).split("\n").filter((l) =>
+        l.includes('msg="event published"') && l.includes("topic=/tasks/exit")
+      ).length;
+    await waitFor(async () => (await exitsAfterRestart()) >= 1, "the queued exit to arrive");
+    await delay(3000); // retries, if any, would have arrived by now
+    assert.equal(await exitsAfterRestart(), 1, "the exit is forwarded exactly once");
+    r = await d.ctr(["tasks", "ls"]);
+    assert.match(r.stdout, /^a1\s+\d+\s+RUNNING/m);
+    assert.match(r.stdout, /^a2\s+\d+\s+RUNNING/m);
+    assert.match(r.stdout, /^a3\s+\d+\s+STOPPED/m);
+    r = await d.ctr(["tasks", "rm", "a3"]);
+    assert.match(r.stderr, /exit code 7/);
+    for (const id of ["a1", "a2"]) {
+      r = await d.ctr(["tasks", "kill", "-s", "SIGKILL", id]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+  }));
+
+Deno.test("a wedged shim (SIGSTOP) does not hold up daemon start-up beyond its timeout", () =>
+  withRestartableDaemon(async (d, rootfs) => {
+    let r = await d.ctr(["run", "-d", "--rootfs", rootfs, "wedged", "/bin/sleep", "1000"]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await d.ctr(["run", "-d", "--rootfs", rootfs, "healthy", "/bin/sleep", "1000"]);
+    assert.equal(r.code, 0, r.stderr);
+    const pids = new TextDecoder().decode(
+      (await new Deno.Command("pgrep", {
+        args: ["-f", "--", ` shim .*-id wedged .*-address ${d.address} `],
+      }).output()).stdout,
+    ).trim().split("\n").filter((x) => x);
+    assert.equal(pids.length, 1, "one shim for the wedged task");
+    const shim = Number(pids[0]);
+    Deno.kill(shim, "SIGSTOP");
+    try {
+      await d.kill();
+      const t0 = performance.now();
+      await d.start();
+      const took = performance.now() - t0;
+      // The shim load timeout is 5 s; start-up (Deno boot included) must not wait much longer.
+      assert.ok(took < 12_000, `daemon start took ${took.toFixed(0)} ms`);
+      r = await d.ctr(["tasks", "ls"]);
+      assert.match(r.stdout, /^healthy\s+\d+\s+RUNNING/m, r.stdout);
+    } finally {
+      Deno.kill(shim, "SIGKILL");
+    }
+    r = await d.ctr(["tasks", "kill", "-s", "SIGKILL", "healthy"]);
+    assert.equal(r.code, 0, r.stderr);
+  }));

@@ -115,7 +115,9 @@ export function pullCommand(withClient: WithClient): Command {
     },
   ) =>
     withClient(async (c) => {
+      // Pull and unpack in one: layers are applied (in order) while later ones download.
       const progress = new ProgressDisplay();
+      let unpackStart: number | undefined;
       let result;
       try {
         result = await pull(c, ref, {
@@ -124,7 +126,11 @@ export function pullCommand(withClient: WithClient): Command {
           allPlatforms: o.allPlatforms,
           concurrency: Number(o.maxConcurrentDownloads) || 3,
           labels: o.label ? parseLabelArgs(o.label) : undefined,
-          onProgress: progress.handler,
+          unpack: o.unpack ? { snapshotter: o.snapshotter } : false,
+          onProgress: (e) => {
+            if (e.status === "unpacking") unpackStart ??= performance.now();
+            progress.handler(e);
+          },
         });
       } catch (err) {
         progress.stop();
@@ -135,13 +141,12 @@ export function pullCommand(withClient: WithClient): Command {
       const platforms: Platform[] = o.platform && !o.allPlatforms
         ? o.platform.map(parsePlatform)
         : [hostPlatform()];
-      const start = performance.now();
-      for (const p of platforms) {
+      for (const [i, p] of platforms.entries()) {
         out(`unpacking ${formatPlatform(p)} ${result.image.target.digest}...\n`);
-        const r = await unpack(c, result.image, { snapshotter: o.snapshotter, platform: p });
-        if (o.printChainid) out(`image chain ID: ${r.chainId}\n`);
+        const r = result.unpacked[i];
+        if (o.printChainid && r) out(`image chain ID: ${r.chainId}\n`);
       }
-      out(`done: ${goDuration(performance.now() - start)}\t\n`);
+      out(`done: ${goDuration(performance.now() - (unpackStart ?? performance.now()))}\t\n`);
     })
   );
 }

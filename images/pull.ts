@@ -4,7 +4,9 @@
  * content API under a temporary lease (skipping blobs the namespace has, resuming ingests),
  * label parents with their children (`containerd.io/gc.ref.content.*`) and every blob with
  * where it came from (`containerd.io/distribution.source.<host>`), then point the image at
- * the root descriptor — and optionally unpack it into a snapshotter.
+ * the root descriptor — and optionally unpack it into a snapshotter. Unpacking overlaps the
+ * download: layer i is applied as soon as it is fetched and layers 0..i-1 are committed
+ * (applies stay in chain order), while later layers keep downloading.
  *
  * ```ts
  * import { pull } from "./images/pull.ts";
@@ -26,7 +28,7 @@ import {
   writeBlob,
 } from "../client/images_content.ts";
 import { type ImageRecord, putImage } from "../client/images.ts";
-import { isAlreadyExists, notImplemented, TainerdError } from "../plugins/errdefs.ts";
+import { isAlreadyExists, isNotFound, notImplemented, TainerdError } from "../plugins/errdefs.ts";
 import {
   childGcLabels,
   childrenOf,
@@ -34,6 +36,7 @@ import {
   filterChildren,
   hasChildren,
   isManifestType,
+  parseManifest,
   refKey,
 } from "./image.ts";
 import { parsePlatform, type Platform, platformMatcherFor } from "./platforms.ts";
@@ -47,7 +50,16 @@ import {
   type RegistryOptions,
   Semaphore,
 } from "./registry_options.ts";
-import { unpack, type UnpackResult } from "./unpack.ts";
+import {
+  applyLayer,
+  DEFAULT_SNAPSHOTTER,
+  finishUnpack,
+  imageRootfs,
+  layersToApply,
+  unpack,
+  type UnpackResult,
+} from "./unpack.ts";
+import type { ResolvedManifest } from "./image.ts";
 
 /** Options of {@link pull}. */
 export interface PullOptions extends RegistryOptions {
@@ -58,8 +70,12 @@ export interface PullOptions extends RegistryOptions {
   platform?: string | Platform | (string | Platform)[];
   /** Pull every platform of an index. */
   allPlatforms?: boolean;
-  /** Unpack the pulled platform into `snapshotter` (default false, as containerd's client). */
-  unpack?: boolean;
+  /**
+   * Unpack the pulled platform(s) (default false, as containerd's client): `true` into
+   * `snapshotter`, or `{ snapshotter }`. The image record is only written once every layer is
+   * unpacked.
+   */
+  unpack?: boolean | { snapshotter?: string };
   /** The snapshotter to unpack into (default `overlayfs`). */
   snapshotter?: string;
   /** Blobs downloaded at once (default 3). */
@@ -231,6 +247,13 @@ class Puller {
   readonly blobs: Descriptor[] = [];
   readonly manifests: Descriptor[] = [];
   downloaded = 0;
+  /** The snapshotter to unpack into while pulling (one platform only), if asked for. */
+  readonly unpackInto: string | undefined;
+  /** The manifest being unpacked while pulling, and what came of it. */
+  pipelined?: {
+    desc: Descriptor;
+    result: Promise<{ root: ResolvedManifest & { chainId: string }; applied: number } | undefined>;
+  };
 
   constructor(
     client: TainerdClient,
@@ -249,6 +272,7 @@ class Puller {
     this.matcher = platformMatcherFor(opts);
     const many = Array.isArray(opts.platform) && opts.platform.length > 1;
     this.limit = opts.allPlatforms || many ? 0 : 1;
+    this.unpackInto = opts.unpack && this.limit === 1 ? snapshotterOf(opts) : undefined;
   }
 
   #progress(desc: Descriptor, status: "waiting" | "downloading" | "done" | "exists", offset = 0) {
@@ -309,7 +333,43 @@ class Puller {
     }
     if (isManifestType(desc.mediaType)) this.manifests.push(desc);
     const selected = filterChildren(desc, children, this.matcher, this.limit);
-    await Promise.all(selected.map((c) => this.handle(c)));
+    const fetched = Promise.all(selected.map((c) => this.handle(c)));
+    if (
+      this.unpackInto && !this.pipelined && isManifestType(desc.mediaType) &&
+      (!desc.platform || this.matcher.match(desc.platform))
+    ) {
+      const result = this.group.spawn(() => this.#unpack(desc, this.unpackInto!));
+      this.pipelined = { desc, result };
+    }
+    await fetched;
+  }
+
+  /**
+   * Unpacks `manifest` as its blobs arrive: layer i once it is stored and layers 0..i-1 are
+   * committed. Resolves to undefined when its config names another platform (the pull then
+   * unpacks as {@link unpack} would, after the download).
+   */
+  async #unpack(manifest: Descriptor, snapshotter: string) {
+    const signal = this.group.signal;
+    const m = parseManifest(await readBlob(this.client, manifest, { signal }), manifest);
+    await this.handle(m.config);
+    let root;
+    try {
+      root = await imageRootfs(this.client, manifest, { matcher: this.matcher });
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    let applied = 0;
+    for (const l of layersToApply(root)) {
+      await this.handle(l.layer);
+      const now = await applyLayer(this.client, snapshotter, l, {
+        onProgress: this.opts.onProgress,
+        signal,
+      });
+      if (now) applied++;
+    }
+    return { root, applied };
   }
 
   async #download(desc: Descriptor, labels: Record<string, string>, signal: AbortSignal) {
@@ -382,27 +442,35 @@ export async function pull(
       const puller = new Puller(leased, fetcher, opts, reference.domain, reference.path);
       puller.handle(resolved.descriptor).catch(() => {});
       await puller.group.wait();
-      const image = await putImage(leased, {
-        name,
-        target: stripPlatform(resolved.descriptor),
-        labels: opts.labels,
-      });
+      const target = stripPlatform(resolved.descriptor);
       const unpacked: UnpackResult[] = [];
       if (opts.unpack) {
+        const snapshotter = snapshotterOf(opts);
         const wanted = opts.platform === undefined || opts.allPlatforms
           ? [undefined]
           : (Array.isArray(opts.platform) ? opts.platform : [opts.platform]);
+        const done = await puller.pipelined?.result;
         for (const p of wanted) {
+          const platform = typeof p === "string" ? parsePlatform(p) : p;
+          if (done && wanted.length === 1) {
+            // The manifest unpack() would pick is the one unpacked while pulling: finish it.
+            const root = await imageRootfs(leased, target, { platform });
+            if (root.desc.digest === done.root.desc.digest) {
+              unpacked.push(await finishUnpack(leased, root, snapshotter, done.applied));
+              continue;
+            }
+          }
           unpacked.push(
-            await unpack(leased, image, {
-              snapshotter: opts.snapshotter,
-              platform: typeof p === "string" ? parsePlatform(p) : p,
+            await unpack(leased, target, {
+              snapshotter,
+              platform,
               onProgress: opts.onProgress,
               signal: opts.signal,
             }),
           );
         }
       }
+      const image = await putImage(leased, { name, target, labels: opts.labels });
       return {
         image,
         manifests: puller.manifests,
@@ -414,6 +482,11 @@ export async function pull(
   } finally {
     close();
   }
+}
+
+function snapshotterOf(opts: PullOptions): string {
+  return (typeof opts.unpack === "object" ? opts.unpack.snapshotter : undefined) ??
+    opts.snapshotter ?? DEFAULT_SNAPSHOTTER;
 }
 
 function stripPlatform(desc: Descriptor): Descriptor {

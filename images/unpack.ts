@@ -122,6 +122,127 @@ async function exists(sn: Client<typeof Snapshots>, snapshotter: string, key: st
   }
 }
 
+/** One layer to apply by {@link applyLayer}. */
+export interface LayerToApply {
+  layer: Descriptor;
+  /** Its diff ID (from the image config). */
+  diffId: string;
+  /** The chain ID of the stack up to and including it. */
+  chainId: string;
+  /** The chain ID of its parent ("" for the first layer). */
+  parent: string;
+}
+
+/**
+ * Applies one layer on its (committed) parent chain: kept if the chain ID exists (or
+ * appears meanwhile), else prepared under a unique key, filled by `Diff.Apply`, checked
+ * against its diff ID and committed as its chain ID. Returns whether it was applied now.
+ * The layer's blob must be in the content store.
+ */
+export async function applyLayer(
+  client: TainerdClient,
+  snapshotter: string,
+  l: LayerToApply,
+  opts: { onProgress?: ProgressHandler; signal?: AbortSignal } = {},
+): Promise<boolean> {
+  const sn = snapshotsOf(client);
+  const { layer, chainId, parent } = l;
+  opts.signal?.throwIfAborted();
+  if (await exists(sn, snapshotter, chainId)) return false;
+  const ref = `unpack-${layer.digest}`;
+  opts.onProgress?.({ ref, desc: layer, status: "unpacking", offset: 0, total: layer.size });
+  const labels = { [Labels.SnapshotRef]: chainId };
+  let key = "";
+  let mounts;
+  for (let attempt = 1;; attempt++) {
+    key = `extract-${uniquePart()} ${chainId}`;
+    try {
+      ({ mounts } = await sn.prepare({ snapshotter, key, parent, labels }));
+      break;
+    } catch (err) {
+      if (!isAlreadyExists(err) || attempt >= 3) throw err;
+      if (await exists(sn, snapshotter, chainId)) {
+        key = "";
+        break;
+      }
+    }
+  }
+  if (!key) return false;
+  let committed = false;
+  try {
+    const { applied: result } = await client.service(Diff).apply({
+      diff: {
+        mediaType: layer.mediaType,
+        digest: layer.digest,
+        size: BigInt(layer.size),
+        annotations: layer.annotations ?? {},
+      },
+      mounts,
+    }, { signal: opts.signal });
+    if (result?.digest !== l.diffId) {
+      throw failedPrecondition(
+        `Cannot unpack layer ${layer.digest}: its content has diff ID ${result?.digest}, the config says ${l.diffId}`,
+      );
+    }
+    try {
+      await sn.commit({ snapshotter, name: chainId, key, labels });
+      committed = true;
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+    }
+  } finally {
+    if (!committed) await sn.remove({ snapshotter, key }).catch(() => {});
+  }
+  if (committed) await setContentLabels(client, layer.digest, { [Labels.Uncompressed]: l.diffId });
+  opts.onProgress?.({
+    ref,
+    desc: layer,
+    status: "unpacked",
+    offset: layer.size,
+    total: layer.size,
+  });
+  return committed;
+}
+
+/** The layers of a resolved image, bottom first, with their diff and chain IDs. */
+export function layersToApply(
+  root: { manifest: { layers: Descriptor[] }; diffIds: string[] },
+): LayerToApply[] {
+  const chain = chainIds(root.diffIds);
+  return root.manifest.layers.map((layer, i) => ({
+    layer,
+    diffId: root.diffIds[i],
+    chainId: chain[i],
+    parent: i > 0 ? chain[i - 1] : "",
+  }));
+}
+
+/**
+ * Labels an unpacked image's config with `containerd.io/gc.ref.snapshot.<snapshotter>` so
+ * the snapshot lives as long as the image, and sums up the unpack.
+ */
+export async function finishUnpack(
+  client: TainerdClient,
+  root: ResolvedManifest & { chainId: string },
+  snapshotter: string,
+  applied: number,
+): Promise<UnpackResult> {
+  const top = root.chainId;
+  if (top) {
+    await setContentLabels(client, root.manifest.config.digest, {
+      [`${Labels.GcSnapshotRef}${snapshotter}`]: top,
+    });
+  }
+  return {
+    chainId: top,
+    manifest: root.desc,
+    platform: root.platform,
+    snapshotter,
+    applied,
+    layers: root.manifest.layers.length,
+  };
+}
+
 /**
  * Unpacks an image's layers for a platform into a snapshotter (under a temporary lease
  * unless the client has one). Layers already unpacked are skipped.
@@ -137,86 +258,10 @@ export async function unpack(
   const snapshotter = opts.snapshotter ?? DEFAULT_SNAPSHOTTER;
   return await withLease(client, async (leased) => {
     const root = await imageRootfs(leased, image, opts);
-    const sn = snapshotsOf(leased);
-    const diff = leased.service(Diff);
-    const chain = chainIds(root.diffIds);
     let applied = 0;
-    for (const [i, layer] of root.manifest.layers.entries()) {
-      opts.signal?.throwIfAborted();
-      const chainId = chain[i];
-      const parent = i > 0 ? chain[i - 1] : "";
-      const ref = `unpack-${layer.digest}`;
-      if (await exists(sn, snapshotter, chainId)) continue;
-      opts.onProgress?.({ ref, desc: layer, status: "unpacking", offset: 0, total: layer.size });
-      const labels = { [Labels.SnapshotRef]: chainId };
-      let key = "";
-      let mounts;
-      for (let attempt = 1;; attempt++) {
-        key = `extract-${uniquePart()} ${chainId}`;
-        try {
-          ({ mounts } = await sn.prepare({ snapshotter, key, parent, labels }));
-          break;
-        } catch (err) {
-          if (!isAlreadyExists(err) || attempt >= 3) throw err;
-          if (await exists(sn, snapshotter, chainId)) {
-            key = "";
-            break;
-          }
-        }
-      }
-      if (!key) continue;
-      let committed = false;
-      try {
-        const { applied: result } = await diff.apply({
-          diff: {
-            mediaType: layer.mediaType,
-            digest: layer.digest,
-            size: BigInt(layer.size),
-            annotations: layer.annotations ?? {},
-          },
-          mounts,
-        }, { signal: opts.signal });
-        if (result?.digest !== root.diffIds[i]) {
-          throw failedPrecondition(
-            `Cannot unpack layer ${layer.digest}: its content has diff ID ${result?.digest}, the config says ${
-              root.diffIds[i]
-            }`,
-          );
-        }
-        try {
-          await sn.commit({ snapshotter, name: chainId, key, labels });
-          committed = true;
-        } catch (err) {
-          if (!isAlreadyExists(err)) throw err;
-        }
-      } finally {
-        if (!committed) await sn.remove({ snapshotter, key }).catch(() => {});
-      }
-      if (committed) {
-        applied++;
-        await setContentLabels(leased, layer.digest, { [Labels.Uncompressed]: root.diffIds[i] });
-      }
-      opts.onProgress?.({
-        ref,
-        desc: layer,
-        status: "unpacked",
-        offset: layer.size,
-        total: layer.size,
-      });
+    for (const l of layersToApply(root)) {
+      if (await applyLayer(leased, snapshotter, l, opts)) applied++;
     }
-    const top = chain[chain.length - 1] ?? "";
-    if (top) {
-      await setContentLabels(leased, root.manifest.config.digest, {
-        [`${Labels.GcSnapshotRef}${snapshotter}`]: top,
-      });
-    }
-    return {
-      chainId: top,
-      manifest: root.desc,
-      platform: root.platform,
-      snapshotter,
-      applied,
-      layers: root.manifest.layers.length,
-    };
+    return await finishUnpack(leased, root, snapshotter, applied);
   });
 }

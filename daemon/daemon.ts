@@ -10,6 +10,7 @@ import { isLogLevel, Logger, type LogLevel } from "../log.ts";
 import { failedPrecondition, invalidArgument } from "../plugins/errdefs.ts";
 import { BUILTINS } from "../plugins/builtins.ts";
 import { PluginSet, type Registration } from "../plugins/plugin.ts";
+import { startListeners } from "../plugins/metrics/plugin.ts";
 import { Notifier } from "./notify.ts";
 import { ApiServer } from "../server/server.ts";
 import { isGrpcService, isTtrpcService } from "../server/service.ts";
@@ -87,6 +88,7 @@ export class Daemon {
         required: config.required_plugins,
         log,
       });
+      await startListeners(config, plugins, log);
       const services = [...plugins.getAll("io.containerd.grpc.v1").values()].filter(
         isGrpcService,
       );

@@ -18,6 +18,7 @@ import type { Logger } from "../log.ts";
 import { failedPrecondition } from "../plugins/errdefs.ts";
 import { NAMESPACE_HEADER } from "./context.ts";
 import { toConnectError } from "./errors.ts";
+import { recordApiCall } from "../plugins/metrics/registry.ts";
 import type { GrpcService } from "./service.ts";
 
 /** The message types Any fields may hold, for Connect JSON. */
@@ -65,7 +66,9 @@ export function edgeInterceptor(log: Logger): Interceptor {
     const namespace = req.header.get(NAMESPACE_HEADER) ?? undefined;
     const finish = (err?: unknown) => {
       const code = err === undefined ? "ok" : Code[toConnectError(err).code];
-      const duration = `${(performance.now() - start).toFixed(2)}ms`;
+      const ms = performance.now() - start;
+      recordApiCall(req.service.typeName, req.method.name, req.method.methodKind, code, ms);
+      const duration = `${ms.toFixed(2)}ms`;
       if (err !== undefined && toConnectError(err).code === Code.Internal) {
         log.error("API call failed", {
           method,

@@ -43,6 +43,12 @@ import { isNotFound } from "../plugins/errdefs.ts";
 import { signalNumber } from "../sys/libc.ts";
 import { consoleSize, type FifoPaths, rawTerminal, TaskIO } from "./run_io.ts";
 import { parseLabelArgs } from "./table.ts";
+import {
+  LOG_PATH_LABEL,
+  parsePolicy,
+  POLICY_LABEL,
+  STATUS_LABEL,
+} from "../plugins/restart/monitor.ts";
 
 /** The runtime containers are created with. */
 export const DEFAULT_RUNTIME = "io.containerd.runc.v2";
@@ -73,6 +79,28 @@ export interface RunOptions {
   memoryLimit?: string;
   privileged?: boolean;
   readOnly?: boolean;
+  /** A restart policy: the container gets the restart monitor's labels. */
+  restart?: string;
+  /** With --restart: the log file of the restarted tasks. */
+  logPath?: string;
+}
+
+/** The restart monitor's labels for `--restart POLICY [--log-path P]`. */
+export function restartLabels(o: RunOptions): Record<string, string> {
+  if (o.restart === undefined) {
+    if (o.logPath !== undefined) throw new Error("--log-path needs --restart");
+    return {};
+  }
+  const policy = parsePolicy(o.restart);
+  const labels: Record<string, string> = {
+    [STATUS_LABEL]: "running",
+    [POLICY_LABEL]: o.restart === "" ? policy.name : o.restart,
+  };
+  if (o.logPath !== undefined) {
+    if (!o.logPath.startsWith("/")) throw new Error(`--log-path "${o.logPath}" is not absolute`);
+    labels[LOG_PATH_LABEL] = o.logPath;
+  }
+  return labels;
 }
 
 /** Applies the command line's spec options (all but the user, which needs the rootfs). */
@@ -151,6 +179,7 @@ export async function createContainer(
   const labels: Record<string, string> = {
     ...(config.Labels ?? {}),
     ...parseLabelArgs(o.label ?? []),
+    ...restartLabels(o),
   };
   if (config.StopSignal) labels[STOP_SIGNAL_LABEL] = config.StopSignal;
   const user = o.user ?? config.User ?? "";
@@ -355,11 +384,20 @@ export function runCommand(
     .argument("[command...]", "the command and its arguments (default: the image's)")
     .option("--rm", "remove the container (and its snapshot) when the task exits")
     .option("-d, --detach", "start the task and return")
-    .option("-t, --tty", "allocate a terminal");
+    .option("-t, --tty", "allocate a terminal")
+    .option(
+      "--restart <policy>",
+      "keep the container running: always, on-failure[:N], unless-stopped (restart monitor)",
+    )
+    .option("--log-path <path>", "with --restart: the log file of the restarted tasks");
   return addSpecOptions(cmd)
     .passThroughOptions()
     .action(async (imageRef: string, id: string, args: string[], o: RunOptions) => {
       if (o.rm && o.detach) throw new Error("--rm and --detach cannot be used together");
+      if (o.rm && o.restart !== undefined) {
+        throw new Error("--rm and --restart cannot be used together");
+      }
+      restartLabels(o); // bad policies fail before anything is created
       let code = 0;
       await withClient(async (c) => {
         await createContainer(c, imageRef, id, args, o);

@@ -26,7 +26,10 @@ import {
   snapshotsService,
   snapshotsStorePlugin,
 } from "./snapshots/plugin.ts";
+import { cgroupsMonitorPlugin } from "./metrics/plugin.ts";
+import { debugPlugin } from "./debug/plugin.ts";
 import { diffService, diffServicePlugin, walkingDifferPlugin } from "./diff/plugin.ts";
+import { restartPlugin } from "./restart/plugin.ts";
 
 /** The builtin plugins. */
 export const BUILTINS: readonly Registration[] = [
@@ -58,4 +61,7 @@ export const BUILTINS: readonly Registration[] = [
   diffService,
   runtimePlugin,
   tasksService,
+  cgroupsMonitorPlugin,
+  debugPlugin,
+  restartPlugin,
 ] as readonly Registration[];

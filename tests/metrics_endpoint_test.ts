@@ -117,3 +117,44 @@ Deno.test("metrics endpoint is off by default; a taken address leaves the daemon
     assert.doesNotMatch(await d.log(), /metrics endpoint listening/);
   });
 });
+
+Deno.test("metrics rise while a container burns CPU and allocates memory", async () => {
+  const port = freePort();
+  const dir = await Deno.makeTempDir({ prefix: "tainerd-rootfs-" });
+  try {
+    const rootfs = await busyboxRootfs(dir);
+    await withDaemon(async (d) => {
+      // Sleeps first (the baseline scrape), then doubles a string to ~10 MiB, then spins.
+      const script = 'sleep 1; x=0123456789; i=0; while [ $i -lt 20 ]; do x="$x$x"; ' +
+        "i=$((i+1)); done; while true; do :; done";
+      const r = await d.ctr(["run", "-d", "--rootfs", rootfs, "burn", "/bin/sh", "-c", script]);
+      assert.equal(r.code, 0, r.stderr);
+      const key = '{container_id="burn",namespace="default"}';
+      const usage = unified ? "container_memory_usage_bytes" : "container_memory_usage_usage_bytes";
+      const cpu = unified ? "container_cpu_usage_usec" : "container_cpu_total_nanoseconds";
+      const scrape = async () =>
+        parse(await (await fetch(`http://127.0.0.1:${port}/v1/metrics`)).text());
+      try {
+        const before = await scrape();
+        await new Promise((r) => setTimeout(r, 3500));
+        const after = await scrape();
+        const m0 = before.get(`${usage}${key}`)!;
+        const m1 = after.get(`${usage}${key}`)!;
+        const c0 = before.get(`${cpu}${key}`)!;
+        const c1 = after.get(`${cpu}${key}`)!;
+        assert.ok(m0 !== undefined && c0 !== undefined, `${usage}, ${cpu} present`);
+        assert.ok(m1 - m0 > 8 * 1024 * 1024, `memory rose by ${m1 - m0} bytes`);
+        assert.ok(c1 > c0, `cpu rose from ${c0} to ${c1}`);
+      } finally {
+        await d.ctr(["tasks", "kill", "-s", "SIGKILL", "burn"]);
+        for (let i = 0; i < 50; i++) {
+          if ((await d.ctr(["tasks", "rm", "burn"])).code === 0) break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        await d.ctr(["containers", "rm", "burn"]);
+      }
+    }, { config: `[metrics]\naddress = "127.0.0.1:${port}"\n` });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -240,3 +240,25 @@ Deno.test("restart monitor: tainerd run --restart from an image (snapshot mounts
       assert.equal((await Deno.readTextFile(log)).trim(), "run", "on-failure:1 restarts once");
     })
   ));
+
+Deno.test("restart monitor: a log path in a missing directory is created, as containerd's shim does", () =>
+  withMonitor(async (e) => {
+    // containerd's runc shim creates the parent directories of a file:// log (pkg/process/io.go);
+    // tainerd does the same instead of failing.
+    const log = `${e.out}/missing/sub/task.log`;
+    const r = await e.d.ctr(runArgs(e, "nolog", [
+      `${STATUS}=running`,
+      "containerd.io/restart.policy=on-failure:1",
+      `containerd.io/restart.logpath=${log}`,
+    ], "echo restarted; exit 1"));
+    assert.equal(r.code, 0, r.stderr);
+    await waitFor(async () => {
+      try {
+        return (await Deno.readTextFile(log)).includes("restarted");
+      } catch {
+        return false;
+      }
+    }, "the restarted task's output in the new directory");
+    const v = await e.d.ctr(["version"]);
+    assert.equal(v.code, 0, v.stderr);
+  }));

@@ -1,27 +1,19 @@
 /**
- * Terminal window sizes on a pty master: `ioctl(TIOCSWINSZ)` / `ioctl(TIOCGWINSZ)` through a
- * small FFI binding of libc's `ioctl` (the shared `sys/` binding has none). errno is read with
- * `sys/`'s `errno()`, which is the same libc's thread-local variable.
+ * Terminal window sizes on a pty master: `ioctl(TIOCSWINSZ)` / `ioctl(TIOCGWINSZ)` through the
+ * shared libc binding in `sys/libc.ts`.
  *
  * @module
  */
 
-import { errno, SysError } from "../sys/libc.ts";
+import { errno, libc, SysError } from "../sys/libc.ts";
 
 /** `TIOCGWINSZ` (x86_64 and aarch64): get the window size. */
 export const TIOCGWINSZ = 0x5413;
 /** `TIOCSWINSZ` (x86_64 and aarch64): set the window size. */
 export const TIOCSWINSZ = 0x5414;
 
-const SYMBOLS = {
-  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
-} as const satisfies Deno.ForeignLibraryInterface;
-
-let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
-
 function ioctl(fd: number, request: number, arg: Uint8Array<ArrayBuffer>, name: string): void {
-  lib ??= Deno.dlopen("libc.so.6", SYMBOLS);
-  if (lib.symbols.ioctl(fd, BigInt(request), arg) === -1) {
+  if (libc().ioctl(fd, BigInt(request), arg) === -1) {
     throw new SysError(errno(), "ioctl", [fd, name]);
   }
 }

@@ -3,24 +3,12 @@
  * round times to milliseconds; exact copies (native snapshotter) and containerd's change
  * detection (which compares nanoseconds) need the real values.
  *
- * This is a small FFI binding next to the main one in `sys/libc.ts` (which it relies on for
- * errno and errors); it belongs there.
+ * The `statx` symbol is bound in `sys/libc.ts`, the one FFI module; this file decodes its result.
  *
  * @module
  */
 
-import { AT_FDCWD, AT_SYMLINK_NOFOLLOW, cstring, errno, SysError } from "../sys/libc.ts";
-
-const SYMBOLS = {
-  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
-} as const satisfies Deno.ForeignLibraryInterface;
-
-let lib: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
-
-function statxSymbol(): Deno.DynamicLibrary<typeof SYMBOLS>["symbols"]["statx"] {
-  lib ??= Deno.dlopen("libc.so.6", SYMBOLS);
-  return lib.symbols.statx;
-}
+import { AT_FDCWD, AT_SYMLINK_NOFOLLOW, cstring, errno, libc, SysError } from "../sys/libc.ts";
 
 /** `STATX_BASIC_STATS`: every field of stat(2). */
 const STATX_BASIC_STATS = 0x7ff;
@@ -92,7 +80,7 @@ function parse(): Stat {
 }
 
 function call(path: string): number {
-  const r = statxSymbol()(AT_FDCWD, cstring(path), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf);
+  const r = libc().statx(AT_FDCWD, cstring(path), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf);
   return r === -1 ? errno() : 0;
 }
 

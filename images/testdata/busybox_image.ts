@@ -23,11 +23,11 @@ import {
   MEDIA_TYPE_OCI_MANIFEST,
 } from "../remote/media_types.ts";
 import { Resolver } from "../remote/resolver.ts";
-import { blob, pseudoRandom, type TestBlob } from "../remote/testdata/image.ts";
+import { blob, pseudoRandom, tarDirectory, type TestBlob } from "../remote/testdata/image.ts";
 import { type RunningRegistry, startRegistry } from "../remote/testdata/registry.ts";
 import type { TainerdClient } from "../../client/client.ts";
 
-export { blob, pseudoRandom, type TestBlob };
+export { blob, pseudoRandom, tarDirectory, type TestBlob };
 
 /** A built image: its blobs (children first, root last) and handy parts. */
 export interface BuiltImage {
@@ -41,28 +41,6 @@ export interface BuiltImage {
   /** Every blob, children before parents, the root last. */
   blobs: TestBlob[];
   platforms: Platform[];
-}
-
-/** Tars a directory reproducibly with GNU tar. */
-export async function tarDirectory(dir: string): Promise<Uint8Array> {
-  const out = await new Deno.Command("tar", {
-    args: [
-      "--sort=name",
-      "--owner=0",
-      "--group=0",
-      "--numeric-owner",
-      "--mtime=@0",
-      "-C",
-      dir,
-      "-cf",
-      "-",
-      ".",
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!out.success) throw new Error(`tar failed: ${new TextDecoder().decode(out.stderr)}`);
-  return out.stdout;
 }
 
 const encoder = new TextEncoder();

@@ -58,7 +58,8 @@ export function pseudoRandom(size: number, seed = 1): Uint8Array {
   return out;
 }
 
-async function tarDirectory(dir: string): Promise<Uint8Array> {
+/** Tars a directory reproducibly with GNU tar (sorted, root-owned, mtime 0). */
+export async function tarDirectory(dir: string): Promise<Uint8Array> {
   const out = await new Deno.Command("tar", {
     args: [
       "--sort=name",

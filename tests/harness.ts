@@ -6,6 +6,7 @@
  */
 
 import { TainerdClient } from "../client/client.ts";
+import { busyboxRootfs } from "./fixtures.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -231,4 +232,58 @@ export function curlJson(
   for (const [k, v] of Object.entries(headers)) args.push("-H", `${k}: ${v}`);
   args.push("--data-binary", body, `http://localhost${path}`);
   return run("curl", args);
+}
+
+/** Polls `fn` every 100 ms until it holds; throws after `ms` naming `what`. */
+export async function waitFor(
+  fn: () => Promise<boolean>,
+  what: string,
+  ms = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await fn()) return;
+    await delay(100);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** The pids of the long-lived shims serving a daemon. */
+export async function shimPids(d: TestDaemon): Promise<number[]> {
+  const out = await new Deno.Command("pgrep", {
+    args: ["-f", "--", ` shim .*-address ${d.address} `],
+  }).output();
+  return new TextDecoder().decode(out.stdout).trim().split("\n").filter((l) => l).map(Number);
+}
+
+/**
+ * Runs `fn` with a daemon the test may kill and start again (same directories) and a busybox
+ * rootfs; afterwards every task is killed and removed, the daemon stopped, the directory gone.
+ */
+export async function withRestartableDaemon(
+  fn: (d: TestDaemon, rootfs: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "tainerd-test-" });
+  const d = new TestDaemon(dir);
+  try {
+    const rootfs = await busyboxRootfs(dir);
+    await d.start();
+    await fn(d, rootfs);
+  } catch (err) {
+    console.error(await d.log());
+    throw err;
+  } finally {
+    try {
+      const ls = await d.ctr(["tasks", "ls", "-q"]);
+      for (const id of ls.stdout.trim().split("\n").filter((x) => x)) {
+        await d.ctr(["tasks", "kill", "-s", "SIGKILL", id]);
+        await delay(200);
+        await d.ctr(["tasks", "rm", "-f", id]);
+      }
+    } catch {
+      // Daemon gone.
+    }
+    await d.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
 }

@@ -4,44 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { busyboxRootfs } from "./fixtures.ts";
-import { delay, TestDaemon } from "./harness.ts";
-
-async function withRestartableDaemon(fn: (d: TestDaemon, rootfs: string) => Promise<void>) {
-  const dir = await Deno.makeTempDir({ prefix: "tainerd-test-" });
-  const d = new TestDaemon(dir);
-  try {
-    const rootfs = await busyboxRootfs(dir);
-    await d.start();
-    await fn(d, rootfs);
-  } catch (err) {
-    console.error(await d.log());
-    throw err;
-  } finally {
-    // Kill whatever is left (tasks first, so no shim outlives the test).
-    try {
-      const ls = await d.ctr(["tasks", "ls", "-q"]);
-      for (const id of ls.stdout.trim().split("\n").filter((x) => x)) {
-        await d.ctr(["tasks", "kill", "-s", "SIGKILL", id]);
-        await delay(200);
-        await d.ctr(["tasks", "rm", "-f", id]);
-      }
-    } catch {
-      // Daemon gone.
-    }
-    await d.stop();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
-}
-
-async function waitFor(fn: () => Promise<boolean>, what: string, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await delay(100);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { delay, waitFor, withRestartableDaemon } from "./harness.ts";
 
 Deno.test("tasks survive a daemon SIGKILL; an exit during the downtime keeps its code", () =>
   withRestartableDaemon(async (d, rootfs) => {

@@ -43,6 +43,7 @@ import type {
 } from "../content/local_store.ts";
 import type { Logger } from "../../log.ts";
 import { type MetadataDB, nowMs } from "./db.ts";
+import { RwLock } from "./rwlock.ts";
 import { type GarbageCollector, GcLabels, type GcNode, GcResource, labelReferences } from "./gc.ts";
 import type { LeaseManager, Scope } from "./leases.ts";
 
@@ -86,65 +87,6 @@ export interface MetadataContentStoreOptions {
   /** Publishes `/content/delete` for a digest removed from a namespace. */
   publishDelete?: (namespace: string, digest: string) => void;
   log?: Logger;
-}
-
-/**
- * A readers–writer lock for async sections: commits and writer opens share it, the backend
- * cleanup of the garbage collector holds it alone (so no blob is recorded while the cleanup
- * decides which blobs are unreferenced).
- */
-class RwLock {
-  #readers = 0;
-  #writer = false;
-  readonly #waiting: { write: boolean; go: () => void }[] = [];
-
-  async #acquire(write: boolean): Promise<void> {
-    const free = write
-      ? !this.#writer && this.#readers === 0
-      : !this.#writer && !this.#waiting.some((w) => w.write);
-    if (free && this.#waiting.length === 0) {
-      if (write) this.#writer = true;
-      else this.#readers++;
-      return;
-    }
-    await new Promise<void>((go) => this.#waiting.push({ write, go }));
-  }
-
-  #release(write: boolean): void {
-    if (write) this.#writer = false;
-    else this.#readers--;
-    while (this.#waiting.length > 0 && !this.#writer) {
-      const next = this.#waiting[0];
-      if (next.write) {
-        if (this.#readers > 0) break;
-        this.#waiting.shift();
-        this.#writer = true;
-        next.go();
-        break;
-      }
-      this.#waiting.shift();
-      this.#readers++;
-      next.go();
-    }
-  }
-
-  async read<T>(fn: () => Promise<T>): Promise<T> {
-    await this.#acquire(false);
-    try {
-      return await fn();
-    } finally {
-      this.#release(false);
-    }
-  }
-
-  async write<T>(fn: () => Promise<T>): Promise<T> {
-    await this.#acquire(true);
-    try {
-      return await fn();
-    } finally {
-      this.#release(true);
-    }
-  }
 }
 
 interface IngestRow {

@@ -48,6 +48,7 @@ import type {
 import { validateKey } from "../../snapshots/snapshotter.ts";
 import type { Logger } from "../../log.ts";
 import { type MetadataDB, nowMs } from "./db.ts";
+import { RwLock } from "./rwlock.ts";
 import { type GarbageCollector, GcLabels, type GcNode, GcResource, labelReferences } from "./gc.ts";
 import type { LeaseManager, Scope } from "./leases.ts";
 
@@ -92,58 +93,6 @@ interface Row {
   parent: string;
   created_at: number;
   updated_at: number;
-}
-
-/** A readers–writer lock: operations share it, the backend garbage collection holds it alone. */
-class RwLock {
-  #readers = 0;
-  #writer = false;
-  readonly #waiting: { write: boolean; go: () => void }[] = [];
-
-  async #acquire(write: boolean): Promise<void> {
-    const free = write
-      ? !this.#writer && this.#readers === 0 && this.#waiting.length === 0
-      : !this.#writer && !this.#waiting.some((w) => w.write);
-    if (!free) await new Promise<void>((go) => this.#waiting.push({ write, go }));
-    else if (write) this.#writer = true;
-    else this.#readers++;
-  }
-
-  #release(write: boolean): void {
-    if (write) this.#writer = false;
-    else this.#readers--;
-    while (this.#waiting.length > 0 && !this.#writer) {
-      const next = this.#waiting[0];
-      if (next.write) {
-        if (this.#readers > 0) break;
-        this.#waiting.shift();
-        this.#writer = true;
-        next.go();
-        break;
-      }
-      this.#waiting.shift();
-      this.#readers++;
-      next.go();
-    }
-  }
-
-  async read<T>(fn: () => Promise<T>): Promise<T> {
-    await this.#acquire(false);
-    try {
-      return await fn();
-    } finally {
-      this.#release(false);
-    }
-  }
-
-  async write<T>(fn: () => Promise<T>): Promise<T> {
-    await this.#acquire(true);
-    try {
-      return await fn();
-    } finally {
-      this.#release(true);
-    }
-  }
 }
 
 function quote(s: string): string {

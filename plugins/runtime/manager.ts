@@ -74,6 +74,8 @@ export class ShimTask {
   readonly address: string;
   readonly client: TtrpcClient;
   readonly task: TtrpcServiceClient<typeof Task>;
+  /** The init process's pid, as the shim's Create reported it (0 for reconnected tasks). */
+  pid = 0;
   /** The external shim binary, or null for tainerd's own shim. */
   readonly binary: string | null;
   /** The drained `log` FIFO of an external shim. */
@@ -228,7 +230,7 @@ export class RuntimeManager {
         stderr: opts.stderr,
         options: opts.taskOptions ?? opts.runtimeOptions,
       };
-      await shim.task.create(req);
+      shim.pid = (await shim.task.create(req)).pid;
       this.#tasks.set(key, shim);
       return shim;
     } catch (err) {

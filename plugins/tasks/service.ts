@@ -71,8 +71,7 @@ export const tasksService: Registration<GrpcService> = {
               runtimeOptions: c.runtime.options,
               taskOptions: req.options,
             });
-            const st = await t.task.state({ id: c.id });
-            return { containerId: c.id, pid: st.pid };
+            return { containerId: c.id, pid: t.pid };
           },
           start: async (req, ctx) => {
             const t = runtime.get(namespaceRequired(ctx), req.containerId);

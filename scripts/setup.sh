@@ -23,7 +23,8 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   ca-certificates curl git tar gzip zstd attr libarchive-tools \
   runc containerd docker-registry skopeo umoci busybox-static \
-  containernetworking-plugins hyperfine tmux apache2-utils openssl util-linux systemd >/dev/null
+  containernetworking-plugins iptables iproute2 hyperfine tmux apache2-utils openssl util-linux \
+  systemd >/dev/null
 
 if ! command -v deno >/dev/null || [ "$(deno --version | head -1 | cut -d' ' -f2)" != "$DENO_VERSION" ]; then
   npm install -g --no-audit --no-fund "deno@$DENO_VERSION" >/dev/null
@@ -53,4 +54,22 @@ if [ ! -f "$CGREF/usr/share/gocode/src/github.com/containerd/cgroups/stats/v1/me
   dpkg -x "$tmp"/golang-github-containerd-cgroups-dev_*.deb "$CGREF"
   rm -rf "$tmp"
 fi
+# crictl (the CRI plugin's independent client in the tests), built from the Go module proxy;
+# the same download leaves cri-api's api.proto in the module cache, the CRI wire reference.
+CRI_TOOLS_VERSION=v1.37.0
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+# (go install leaves the version unset: a stamp file records which one was built.)
+STAMP=/var/cache/tainerd/crictl.version
+if [ ! -x /usr/local/bin/crictl ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$CRI_TOOLS_VERSION" ]; then
+  if [ -x "$GO" ]; then
+    GOBIN=/usr/local/bin "$GO" install "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
+    mkdir -p /var/cache/tainerd && echo "$CRI_TOOLS_VERSION" >"$STAMP"
+  else
+    echo "setup.sh: no Go toolchain: crictl not built, the CRI tests will be skipped" >&2
+  fi
+fi
+if [ -x "$GO" ]; then
+  (cd /tmp && "$GO" mod download "k8s.io/cri-api@v0.37.0" >/dev/null 2>&1) || true
+fi
+
 echo "setup done: deno $(deno --version | head -1 | cut -d' ' -f2), runc $(runc --version | head -1 | cut -d' ' -f3), ctr $(ctr --version | cut -d' ' -f3)"

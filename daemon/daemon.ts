@@ -113,6 +113,7 @@ export class Daemon {
       await Deno.chmod(ttrpcAddress, 0o660);
       daemon.#ttrpc = ttrpc;
       daemon.#ttrpcDone = ttrpc.serve(listener);
+      await plugins.servingAll(log);
     } catch (err) {
       await daemon.#server?.close();
       await daemon.#ttrpc?.close();

@@ -46,6 +46,8 @@ export interface Spec {
     rlimits: { type: string; hard: number; soft: number }[];
     noNewPrivileges: boolean;
     consoleSize?: { height: number; width: number };
+    /** `/proc/<pid>/oom_score_adj` of the process. */
+    oomScoreAdj?: number;
   };
   hostname?: string;
   mounts: SpecMount[];
@@ -61,6 +63,10 @@ export interface Spec {
       [k: string]: unknown;
     };
     devices?: LinuxDevice[];
+    /** Kernel parameters set in the container's namespaces (`net.ipv4.ip_forward`: `1`). */
+    sysctl?: Record<string, string>;
+    /** Propagation of the rootfs mount (`rslave`, `rshared`, …). */
+    rootfsPropagation?: string;
     [k: string]: unknown;
   };
   annotations?: Record<string, string>;

@@ -30,6 +30,7 @@ import { cgroupsMonitorPlugin } from "./metrics/plugin.ts";
 import { debugPlugin } from "./debug/plugin.ts";
 import { diffService, diffServicePlugin, walkingDifferPlugin } from "./diff/plugin.ts";
 import { restartPlugin } from "./restart/plugin.ts";
+import { criPlugin } from "./cri/plugin.ts";
 
 /** The builtin plugins. */
 export const BUILTINS: readonly Registration[] = [
@@ -64,4 +65,5 @@ export const BUILTINS: readonly Registration[] = [
   cgroupsMonitorPlugin,
   debugPlugin,
   restartPlugin,
+  criPlugin,
 ] as readonly Registration[];

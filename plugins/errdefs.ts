@@ -56,6 +56,10 @@ export const failedPrecondition: (message: string, options?: ErrorOptions) => Ta
   "FailedPrecondition",
 );
 /** The resource is busy or unreachable; retrying later may work (e.g. a locked ingest ref). */
+/** The operation did not finish in time (e.g. an exec's timeout). */
+export const deadlineExceeded: (message: string, options?: ErrorOptions) => TainerdError = make(
+  "DeadlineExceeded",
+);
 export const unavailable: (message: string, options?: ErrorOptions) => TainerdError = make(
   "Unavailable",
 );

@@ -321,6 +321,24 @@ export class PluginSet {
     }
   }
 
+  /**
+   * Tells every instance with a `serving()` method that the API socket answers (plugins that
+   * call the daemon's own API, like CRI, start their work there). Failures are logged: the
+   * daemon stays up, the plugin reports its state through its own API.
+   */
+  async servingAll(log: Logger): Promise<void> {
+    for (const r of this.#records) {
+      const inst = r.instance as { serving?: () => unknown } | undefined;
+      if (r.status === "ok" && inst && typeof inst.serving === "function") {
+        try {
+          await inst.serving();
+        } catch (err) {
+          log.warn(`plugin ${pluginUri(r.registration)} failed to start serving: ${String(err)}`);
+        }
+      }
+    }
+  }
+
   /** Closes every instance that has a `close()` method, in reverse init order. */
   async closeAll(log: Logger): Promise<void> {
     for (const r of [...this.#records].reverse()) {

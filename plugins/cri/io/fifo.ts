@@ -333,8 +333,26 @@ async function createFifos(
   return paths;
 }
 
+/**
+ * Creates `dir` and the FIFOs for `id` and opens this side of them: the raw streams, for an
+ * exec whose output goes to a streaming client rather than a log.
+ */
+export async function openFifoSet(
+  dir: string,
+  id: string,
+  opts: StdioOptions = {},
+): Promise<FifoSet> {
+  const paths = await createFifos(dir, id, opts);
+  try {
+    return new FifoSet(dir, paths);
+  } catch (err) {
+    for (const p of [paths.stdin, paths.stdout, paths.stderr]) await removeQuietly(p);
+    throw err;
+  }
+}
+
 /** The open ends of a FIFO set: output streams, the stdin writer, their wake flag. */
-class FifoSet {
+export class FifoSet {
   readonly paths: ContainerIOPaths;
   readonly dir: string;
   readonly wake: Wake = new Wake();
@@ -441,10 +459,37 @@ export class ContainerIO {
     }
     const log = await CriLogWriter.open(logPath, { maxLineSize });
     this.#log = log;
-    const copies = [log.copy("stdout", stdout)];
-    if (stderr) copies.push(log.copy("stderr", stderr));
+    const copies = [log.copy("stdout", this.#tap("stdout", stdout))];
+    if (stderr) copies.push(log.copy("stderr", this.#tap("stderr", stderr)));
     this.#copies = Promise.all(copies).then(() => log.wait());
     return log;
+  }
+
+  readonly #listeners = new Set<(stream: "stdout" | "stderr", chunk: Uint8Array | null) => void>();
+
+  /** Passes every chunk of `s` on to the attach listeners (`null` at its end). */
+  #tap(name: "stdout" | "stderr", s: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+    const listeners = this.#listeners;
+    return s.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, ctl) {
+          for (const l of listeners) l(name, chunk);
+          ctl.enqueue(chunk);
+        },
+        flush() {
+          for (const l of listeners) l(name, null);
+        },
+      }),
+    );
+  }
+
+  /**
+   * Receives the output from now on, as it is logged (an attached client); `chunk` is null
+   * when that stream ended. Returns the function that stops it.
+   */
+  onOutput(fn: (stream: "stdout" | "stderr", chunk: Uint8Array | null) => void): () => void {
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
   }
 
   /** The log writer, once attached to a log file. */

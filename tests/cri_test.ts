@@ -1,0 +1,307 @@
+/**
+ * The CRI plugin end to end, driven by the real crictl (built from cri-tools v1.37.0 by
+ * scripts/setup.sh): images, pods with CNI networking (Debian's containernetworking-plugins:
+ * bridge, host-local, portmap, loopback), containers, logs, exec, stats, a daemon killed
+ * with a running pod, and bad input. Every pod gets a private bridge and subnet; addresses
+ * stay on this host (the pod's bridge and 127.0.0.1).
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { withRegistryImage } from "../images/testdata/busybox_image.ts";
+import {
+  curlJson,
+  have,
+  run,
+  type RunResult,
+  type TestDaemon,
+  waitFor,
+  withDaemon,
+} from "./harness.ts";
+
+const CRICTL = have("crictl");
+const CNI = (() => {
+  try {
+    Deno.statSync("/usr/lib/cni/bridge");
+    return true;
+  } catch {
+    return false;
+  }
+})();
+const ignore = !CRICTL || !CNI || !have("iptables") || !have("socat");
+
+/** A private CNI network for one test: a bridge, a /24, host-local state in `dir`. */
+interface TestNet {
+  confDir: string;
+  bridge: string;
+  subnet: string;
+  prefix: string;
+}
+
+async function makeNet(dir: string): Promise<TestNet> {
+  const r = crypto.getRandomValues(new Uint8Array(3));
+  const bridge = `tndcri${r[0].toString(16)}${r[1].toString(16)}`;
+  const prefix = `10.${200 + (r[0] % 50)}.${r[2]}`;
+  const subnet = `${prefix}.0/24`;
+  const confDir = `${dir}/net.d`;
+  await Deno.mkdir(confDir, { recursive: true });
+  await Deno.writeTextFile(
+    `${confDir}/10-test.conflist`,
+    JSON.stringify({
+      cniVersion: "1.0.0",
+      name: "tainerd-test",
+      plugins: [
+        {
+          type: "bridge",
+          bridge,
+          isGateway: true,
+          ipMasq: false,
+          ipam: {
+            type: "host-local",
+            ranges: [[{ subnet }]],
+            routes: [{ dst: "0.0.0.0/0" }],
+            dataDir: `${dir}/ipam`,
+          },
+        },
+        { type: "portmap", capabilities: { portMappings: true } },
+      ],
+    }),
+  );
+  return { confDir, bridge, subnet, prefix };
+}
+
+function criConfig(net: TestNet): string {
+  return `
+[plugins."io.containerd.grpc.v1.cri"]
+stream_server_port = "0"
+[plugins."io.containerd.grpc.v1.cri".cni]
+conf_dir = "${net.confDir}"
+bin_dir = "/usr/lib/cni"
+`;
+}
+
+function crictl(d: TestDaemon, args: string[], timeout = "60s"): Promise<RunResult> {
+  return run("crictl", [
+    "--runtime-endpoint",
+    `unix://${d.address}`,
+    "--image-endpoint",
+    `unix://${d.address}`,
+    "--timeout",
+    timeout,
+    ...args,
+  ]);
+}
+
+async function ok(d: TestDaemon, args: string[]): Promise<string> {
+  const r = await crictl(d, args);
+  assert.equal(r.code, 0, `crictl ${args.join(" ")}: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+async function writeJson(path: string, v: unknown): Promise<string> {
+  await Deno.writeTextFile(path, JSON.stringify(v));
+  return path;
+}
+
+function podConfig(name: string, dir: string, extra: Record<string, unknown> = {}) {
+  return {
+    metadata: { name, namespace: "default", uid: `uid-${name}`, attempt: 1 },
+    hostname: name,
+    log_directory: `${dir}/logs/${name}`,
+    linux: {},
+    ...extra,
+  };
+}
+
+function containerConfig(name: string, image: string, command: string[]) {
+  return {
+    metadata: { name },
+    image: { image },
+    command,
+    log_path: `${name}.log`,
+    linux: {},
+  };
+}
+
+async function mountsUnder(prefix: string): Promise<string[]> {
+  const text = await Deno.readTextFile("/proc/self/mountinfo");
+  return text.split("\n").map((l) => l.split(" ")[4]).filter((m) => m?.startsWith(prefix));
+}
+
+async function bridgeLinks(bridge: string): Promise<string> {
+  return (await run("ip", ["-o", "link", "show", "master", bridge])).stdout.trim();
+}
+
+/** Runs `fn` with a private network and a temp dir (removed after, with the bridge). */
+async function withNet(fn: (net: TestNet, dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "tainerd-cri-" });
+  const net = await makeNet(dir);
+  try {
+    await fn(net, dir);
+  } finally {
+    await run("ip", ["link", "del", net.bridge]);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test({
+  name: "cri: crictl pulls, runs a pod with two containers, logs, exec, stats, and cleans up",
+  ignore,
+  fn: () =>
+    withRegistryImage(({ ref }) =>
+      withNet((net, dir) =>
+        withDaemon(async (d) => {
+          const version = await ok(d, ["version"]);
+          assert.match(version, /RuntimeName:\s+tainerd/);
+          assert.match(version, /RuntimeApiVersion:\s+v1/);
+          const info = JSON.parse(await ok(d, ["info"]));
+          const cond = Object.fromEntries(
+            info.status.conditions.map((c: { type: string; status: boolean }) => [
+              c.type,
+              c.status,
+            ]),
+          );
+          assert.deepEqual(cond, { RuntimeReady: true, NetworkReady: true });
+
+          const pulled = await ok(d, ["pull", ref]);
+          assert.match(pulled, /Image is up to date for sha256:[0-9a-f]{64}/);
+          assert.match(await ok(d, ["images"]), /test\/busybox\s+1\s+[0-9a-f]{13}/);
+
+          const hostPort = 20000 + Math.floor(Math.random() * 20000);
+          const pod = podConfig("web", dir, {
+            port_mappings: [{
+              protocol: 0,
+              container_port: 8080,
+              host_port: hostPort,
+              host_ip: "127.0.0.1",
+            }],
+          });
+          const podJson = await writeJson(`${dir}/pod.json`, pod);
+          const podId = await ok(d, ["runp", podJson]);
+          assert.match(podId, /^[0-9a-f]{64}$/);
+          const pods = await ok(d, ["pods"]);
+          assert.match(pods, new RegExp(`${podId.slice(0, 13)}.*Ready\\s+web\\s+default`));
+          const inspectp = JSON.parse(await ok(d, ["inspectp", podId]));
+          const ip: string = inspectp.status.network.ip;
+          assert.ok(ip.startsWith(`${net.prefix}.`), `pod IP ${ip} in ${net.subnet}`);
+          assert.equal(inspectp.info.runtimeSpec.hostname, "web");
+
+          // A web server and a client in the same pod.
+          const server = await writeJson(
+            `${d.dir}/server.json`,
+            containerConfig("server", ref, [
+              "sh",
+              "-c",
+              "echo starting; echo to-stderr >&2; mkdir -p /www && echo pod-ok > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www",
+            ]),
+          );
+          const serverId = await ok(d, ["create", podId, server, podJson]);
+          await ok(d, ["start", serverId]);
+          const client = await writeJson(
+            `${d.dir}/client.json`,
+            containerConfig("client", ref, ["sleep", "3600"]),
+          );
+          const clientId = await ok(d, ["create", podId, client, podJson]);
+          await ok(d, ["start", clientId]);
+          const ps = await ok(d, ["ps"]);
+          assert.match(ps, new RegExp(`${serverId.slice(0, 13)}.*Running\\s+server`));
+          assert.match(ps, new RegExp(`${clientId.slice(0, 13)}.*Running\\s+client`));
+
+          // Containers of a pod share its network: localhost reaches the neighbour.
+          let got = "";
+          await waitFor(async () => {
+            const r = await crictl(d, [
+              "exec",
+              "-s",
+              clientId,
+              "/bin/busybox",
+              "wget",
+              "-qO-",
+              "http://127.0.0.1:8080/",
+            ]);
+            got = r.stdout;
+            return r.code === 0;
+          }, "the server to answer on the pod's localhost");
+          assert.equal(got.trim(), "pod-ok");
+          // The host reaches it on the pod IP, and through the port mapping on 127.0.0.1.
+          const direct = await run("/bin/busybox", ["wget", "-qO-", `http://${ip}:8080/`]);
+          assert.equal(direct.stdout, "pod-ok\n", direct.stderr);
+          const mapped = await run("/bin/busybox", [
+            "wget",
+            "-qO-",
+            `http://127.0.0.1:${hostPort}/`,
+          ]);
+          assert.equal(mapped.stdout, "pod-ok\n", mapped.stderr);
+
+          // Logs in the CRI format; crictl logs reads them.
+          await waitFor(async () => {
+            const r = await crictl(d, ["logs", serverId]);
+            return r.stdout.includes("starting") && r.stderr.includes("to-stderr");
+          }, "the server's log");
+          const logFile = await Deno.readTextFile(`${dir}/logs/web/server.log`);
+          assert.match(
+            logFile,
+            /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z stdout F starting$/m,
+          );
+          assert.match(logFile, /Z stderr F to-stderr$/m);
+
+          // ExecSync: output and exit codes.
+          assert.equal(await ok(d, ["exec", "-s", clientId, "hostname"]), "web");
+          const failed = await crictl(d, ["exec", "-s", clientId, "sh", "-c", "exit 3"]);
+          assert.notEqual(failed.code, 0);
+          assert.match(failed.stderr, /exited with 3/);
+          // The exit code itself, through Connect JSON (the same socket answers curl).
+          const viaCurl = await curlJson(
+            d.address,
+            "/runtime.v1.RuntimeService/ExecSync",
+            JSON.stringify({ containerId: clientId, cmd: ["sh", "-c", "echo out; exit 3"] }),
+          );
+          const [body, httpCode] = viaCurl.stdout.split("\n").slice(-2);
+          assert.equal(httpCode, "200", viaCurl.stdout);
+          const execResp = JSON.parse(body);
+          assert.equal(execResp.exitCode, 3);
+          assert.equal(atob(execResp.stdout), "out\n");
+          const slow = await crictl(d, [
+            "exec",
+            "-s",
+            "--timeout",
+            "1",
+            clientId,
+            "sleep",
+            "30",
+          ]);
+          assert.notEqual(slow.code, 0);
+          assert.match(slow.stderr, /DeadlineExceeded|timed out|timeout/i);
+
+          // Stats.
+          const stats = JSON.parse(await ok(d, ["stats", "-o", "json", clientId]));
+          assert.equal(stats.stats[0].attributes.id, clientId);
+          assert.ok(Number(stats.stats[0].memory.workingSetBytes.value) > 0);
+          const inspect = JSON.parse(await ok(d, ["inspect", serverId]));
+          assert.equal(inspect.status.state, "CONTAINER_RUNNING");
+          assert.equal(inspect.info.sandboxID, podId);
+
+          // Stop and remove everything.
+          await ok(d, ["stop", "--timeout", "2", serverId]);
+          const stopped = JSON.parse(await ok(d, ["inspect", serverId]));
+          assert.equal(stopped.status.state, "CONTAINER_EXITED");
+          await ok(d, ["rm", serverId]);
+          await ok(d, ["stopp", podId]);
+          assert.match(await ok(d, ["pods"]), /NotReady/);
+          assert.equal(await bridgeLinks(net.bridge), "", "no veth left on the bridge");
+          await ok(d, ["rmp", podId]);
+          assert.equal(await ok(d, ["pods", "-q"]), "");
+          assert.equal(await ok(d, ["ps", "-a", "-q"]), "");
+          const leases = [...Deno.readDirSync(`${dir}/ipam/tainerd-test`)].map((e) => e.name)
+            .filter((n) => /^\d+\.\d+\.\d+\.\d+$/.test(n));
+          assert.deepEqual(leases, [], "no IPAM lease left");
+          assert.deepEqual(await mountsUnder(d.dir + "/"), [], "no mount left");
+          await ok(d, ["rmi", ref]);
+          assert.doesNotMatch(await ok(d, ["images"]), /test\/busybox/);
+        }, { config: criConfig(net) })
+      )
+    ),
+});
+
+export { containerConfig, criConfig, crictl, ok, podConfig, withNet, writeJson };

@@ -305,3 +305,110 @@ Deno.test({
 });
 
 export { containerConfig, criConfig, crictl, ok, podConfig, withNet, writeJson };
+
+Deno.test({
+  name: "cri: a pod survives a daemon SIGKILL: Ready and Running after the restart",
+  ignore,
+  fn: () =>
+    withRegistryImage(({ ref }) =>
+      withNet((net, dir) =>
+        withDaemon(async (d) => {
+          const config = criConfig(net);
+          await ok(d, ["pull", ref]);
+          const podJson = await writeJson(`${dir}/pod.json`, podConfig("survivor", dir));
+          const podId = await ok(d, ["runp", podJson]);
+          const ctrJson = await writeJson(
+            `${dir}/ctr.json`,
+            containerConfig("ticker", ref, [
+              "sh",
+              "-c",
+              "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+            ]),
+          );
+          const cid = await ok(d, ["create", podId, ctrJson, podJson]);
+          await ok(d, ["start", cid]);
+          const before = JSON.parse(await ok(d, ["inspectp", podId]));
+
+          await d.kill();
+          await d.start({ config });
+          const pods = await ok(d, ["pods"]);
+          assert.match(pods, new RegExp(`${podId.slice(0, 13)}.*Ready\\s+survivor`));
+          assert.match(await ok(d, ["ps"]), new RegExp(`${cid.slice(0, 13)}.*Running\\s+ticker`));
+          const after = JSON.parse(await ok(d, ["inspectp", podId]));
+          assert.equal(after.status.network.ip, before.status.network.ip);
+          // The log goes on after the restart: the FIFOs were reattached.
+          const logPath = `${dir}/logs/survivor/ticker.log`;
+          const size = (await Deno.stat(logPath)).size;
+          await waitFor(
+            async () => (await Deno.stat(logPath)).size > size,
+            "the log to grow after the restart",
+          );
+          assert.equal(await ok(d, ["exec", "-s", cid, "echo", "alive"]), "alive");
+
+          await ok(d, ["stopp", podId]);
+          await ok(d, ["rmp", podId]);
+          assert.equal(await ok(d, ["pods", "-q"]), "");
+          assert.deepEqual(await mountsUnder(d.dir + "/"), []);
+        }, { config: criConfig(net) })
+      )
+    ),
+});
+
+Deno.test({
+  name: "cri: bad input gets CRI errors with the right codes",
+  ignore,
+  fn: () =>
+    withRegistryImage(({ ref, registry }) =>
+      withNet((net, dir) =>
+        withDaemon(async (d) => {
+          await ok(d, ["pull", ref]);
+          const podJson = await writeJson(`${dir}/pod.json`, podConfig("dup", dir));
+          const ctrJson = await writeJson(
+            `${dir}/ctr.json`,
+            containerConfig("c", ref, ["sleep", "60"]),
+          );
+          // A container for a pod that does not exist.
+          let r = await crictl(d, ["create", "f".repeat(64), ctrJson, podJson]);
+          assert.notEqual(r.code, 0);
+          assert.match(r.stderr, /code = NotFound/);
+          // The same pod name twice.
+          const podId = await ok(d, ["runp", podJson]);
+          r = await crictl(d, ["runp", podJson]);
+          assert.notEqual(r.code, 0);
+          assert.match(r.stderr, /code = AlreadyExists/);
+          // An image that does not exist, to pull and to run.
+          r = await crictl(d, ["pull", `${registry.host}/test/missing:1`]);
+          assert.notEqual(r.code, 0);
+          assert.match(r.stderr, /code = NotFound/);
+          const missing = await writeJson(
+            `${dir}/missing.json`,
+            containerConfig("m", `${registry.host}/test/missing:1`, ["true"]),
+          );
+          r = await crictl(d, ["create", podId, missing, podJson]);
+          assert.notEqual(r.code, 0);
+          assert.match(r.stderr, /code = NotFound/);
+          // A seccomp profile file that does not exist.
+          const seccomp = await writeJson(`${dir}/seccomp.json`, {
+            ...containerConfig("s", ref, ["true"]),
+            linux: {
+              security_context: {
+                seccomp: { profile_type: 2, localhost_ref: `${dir}/no-such-profile.json` },
+              },
+            },
+          });
+          r = await crictl(d, ["create", podId, seccomp, podJson]);
+          assert.notEqual(r.code, 0);
+          assert.match(r.stderr, /code = (NotFound|InvalidArgument)/);
+          assert.match(r.stderr, /no-such-profile/);
+          // A malformed image reference.
+          r = await crictl(d, ["pull", "UPPER/Case:1"]);
+          assert.match(r.stderr, /code = InvalidArgument/);
+          // Nothing was left half-made: one pod, no containers.
+          assert.equal(await ok(d, ["ps", "-a", "-q"]), "");
+          assert.equal(await ok(d, ["pods", "-q"]), podId);
+          await ok(d, ["rmp", "-f", podId]);
+          assert.equal(await ok(d, ["pods", "-q"]), "");
+        }, { config: criConfig(net) })
+      )
+    ),
+});

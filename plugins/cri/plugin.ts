@@ -99,13 +99,6 @@ export class CriPlugin {
           if (!isAlreadyExists(err)) throw err;
         },
       );
-      if (this.config.sandbox_image === DEFAULT_SANDBOX_IMAGE) {
-        await importPauseImage(client, {
-          name: DEFAULT_SANDBOX_IMAGE,
-          namespace: CRI_NAMESPACE,
-          snapshotter: this.config.containerd.snapshotter,
-        });
-      }
       await Deno.mkdir(this.#ic.root, { recursive: true, mode: 0o711 });
       await Deno.mkdir(this.#ic.state, { recursive: true, mode: 0o711 });
       const runtime = new CriRuntime({
@@ -114,6 +107,7 @@ export class CriPlugin {
         state: this.#ic.state,
         client,
         images,
+        sandboxImage: () => this.#sandboxImage(),
         cni: this.cni,
         log,
         onEvent: (kind, id) => this.service.publish(kind, id, runtime),
@@ -134,6 +128,25 @@ export class CriPlugin {
       this.#ready.reject(err);
       throw err;
     }
+  }
+
+  #pauseImport?: Promise<unknown>;
+
+  /**
+   * The sandbox image: the built-in pause image is imported on first use (offline, no
+   * registry), any other is pulled when missing.
+   */
+  async #sandboxImage() {
+    const ref = this.config.sandbox_image;
+    if (ref === DEFAULT_SANDBOX_IMAGE && !(await this.images.resolve(ref))) {
+      this.#pauseImport ??= importPauseImage(this.#client, {
+        name: DEFAULT_SANDBOX_IMAGE,
+        namespace: CRI_NAMESPACE,
+        snapshotter: this.config.containerd.snapshotter,
+      }).finally(() => this.#pauseImport = undefined);
+      await this.#pauseImport;
+    }
+    return await this.images.ensure(ref);
   }
 
   #subscribe(runtime: CriRuntime): void {

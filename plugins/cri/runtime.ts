@@ -106,6 +106,8 @@ export interface CriRuntimeOptions {
   state: string;
   client: TainerdClient;
   images: CriImageService;
+  /** Resolves the sandbox image, importing or pulling it when missing. */
+  sandboxImage: () => Promise<CriImage>;
   cni: Cni;
   log: Logger;
   /** Called on every container event. */
@@ -116,8 +118,20 @@ function nsOf(x: { nanos?: string }): bigint {
   return BigInt(x.nanos ?? "0");
 }
 
-function delay(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
+/**
+ * Waits for `p` at most `ms`; resolves with its value or undefined. The timer is cleared
+ * either way, so no pending timer keeps a stopping daemon alive.
+ */
+export async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), ms)),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** The process part of an image config, as the spec builders take it. */
@@ -427,7 +441,7 @@ export class CriRuntime {
     // The shim closed the FIFOs: the log has everything once the copies end.
     if (c.io) {
       const io = c.io;
-      await Promise.race([io.wait().catch(() => {}), delay(2000)]);
+      await within(io.wait().catch(() => {}), 2000);
       await io.close().catch(() => {});
       c.io = undefined;
     }
@@ -459,7 +473,7 @@ export class CriRuntime {
     const undo: (() => Promise<unknown>)[] = [];
     try {
       return await this.#locked(id, async () => {
-        const image = await this.#opts.images.ensure(this.config.sandbox_image);
+        const image = await this.#opts.sandboxImage();
         const nsOpts = config.linux?.securityContext?.namespaceOptions;
         const hostNetwork = nsOpts?.network === NamespaceMode.NODE;
         const hostIpc = nsOpts?.ipc === NamespaceMode.NODE;
@@ -626,7 +640,7 @@ export class CriRuntime {
         await tasks.kill({ containerId: id, signal: 9, all: true }).catch((err) => {
           if (!isNotFound(err)) throw err;
         });
-        await Promise.race([s.exited.promise, delay(10_000)]);
+        await within(s.exited.promise, 10_000);
         if (s.ready) {
           // The exit event never came: settle it here.
           await tasks.delete({ containerId: id }).catch(() => {});
@@ -884,11 +898,11 @@ export class CriRuntime {
       const name = c.config.stopSignal ? undefined : c.meta.stopSignal || "SIGTERM";
       const signal = name ? signalNumber(name) : c.config.stopSignal;
       await kill(signal || 15);
-      await Promise.race([c.exited.promise, delay(timeoutSec * 1000)]);
+      await within(c.exited.promise, timeoutSec * 1000);
       if (c.status.state !== "running") return;
     }
     await kill(9);
-    await Promise.race([c.exited.promise, delay(30_000)]);
+    await within(c.exited.promise, 30_000);
     if (c.status.state === "running") {
       throw deadlineExceeded(`Container "${id}" did not stop after SIGKILL`);
     }
@@ -969,12 +983,12 @@ export class CriRuntime {
       clearTimeout(timer);
       if (r === "timeout") {
         await tasks.kill({ ...ids, signal: 9 }).catch(() => {});
-        await Promise.race([waited.catch(() => {}), delay(5000)]);
+        await within(waited.catch(() => {}), 5000);
         throw deadlineExceeded(
           `Command ${JSON.stringify(cmd)} in container "${id}" timed out after ${timeoutSec}s`,
         );
       }
-      const out = await Promise.race([io.wait(), delay(5000).then(() => undefined)]);
+      const out = await within(io.wait(), 5000);
       return {
         stdout: out?.stdout ?? new Uint8Array(),
         stderr: out?.stderr ?? new Uint8Array(),

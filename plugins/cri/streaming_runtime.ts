@@ -14,7 +14,7 @@ import { Tasks } from "../../api/gen/containerd/services/tasks/v1/tasks_pb.ts";
 import type { TainerdClient } from "../../client/client.ts";
 import { failedPrecondition, notFound } from "../errdefs.ts";
 import { openFifoSet } from "./io/fifo.ts";
-import type { CriRuntime } from "./runtime.ts";
+import { type CriRuntime, within } from "./runtime.ts";
 import { newId } from "./store.ts";
 import type { StreamingRuntime, StreamIO } from "./streaming/server.ts";
 
@@ -100,10 +100,7 @@ export class CriStreamingRuntime implements StreamingRuntime {
         })().catch(() => {});
       }
       const r = await waited;
-      await Promise.race([
-        Promise.allSettled(outputs),
-        new Promise((ok) => setTimeout(ok, 2000)),
-      ]);
+      await within(Promise.allSettled(outputs), 2000);
       return { exitCode: r.exitStatus };
     } finally {
       if (created) await tasks.deleteProcess(ids).catch(() => {});

@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { TaskExitSchema, TaskOOMSchema } from "../../api/gen/containerd/events/task_pb.ts";
 import { TainerdClient } from "../../client/client.ts";
 import type { Logger } from "../../log.ts";
-import { isAlreadyExists, isNotFound } from "../errdefs.ts";
+import { isNotFound } from "../errdefs.ts";
 import { exchangePlugin } from "../events/plugin.ts";
 import type { Exchange } from "../events/exchange.ts";
 import { PluginType, type Registration } from "../plugin.ts";
@@ -88,17 +88,24 @@ export class CriPlugin {
     this.images.register(router);
   }
 
-  /** Starts the CRI's work once the daemon's socket answers. */
-  async serving(): Promise<void> {
+  #starting?: Promise<void>;
+
+  /**
+   * Starts the CRI's work once the daemon's socket answers, in the background (as
+   * containerd's CRI service runs): the daemon is ready and handles signals meanwhile; CRI
+   * calls wait for it.
+   */
+  serving(): void {
+    this.#starting = this.#start().catch((err) =>
+      this.#ic.log.error(`cri: cannot start: ${(err as Error).message}`)
+    );
+  }
+
+  async #start(): Promise<void> {
     const log = this.#ic.log;
     try {
       const client = this.#client;
       const images = this.images;
-      await client.namespaces.create({ namespace: { name: CRI_NAMESPACE, labels: {} } }).catch(
-        (err) => {
-          if (!isAlreadyExists(err)) throw err;
-        },
-      );
       await Deno.mkdir(this.#ic.root, { recursive: true, mode: 0o711 });
       await Deno.mkdir(this.#ic.state, { recursive: true, mode: 0o711 });
       const runtime = new CriRuntime({
@@ -180,6 +187,7 @@ export class CriPlugin {
 
   /** Stops the streaming server and the event subscription; pods keep running. */
   async close(): Promise<void> {
+    await this.#starting;
     this.#abort.abort();
     await this.#streaming?.close().catch(() => {});
     await this.#runtime?.close();

@@ -271,7 +271,18 @@ export interface LaunchOptions {
   env?: Record<string, string>;
   /** The directory of shim sockets (default: from the environment). */
   socketDir?: string;
+  /** The group of a container without a group annotation (default: its own id). */
+  defaultGroup?: string;
 }
+
+/** The group of containers sharing one shim per namespace (runtime `shim_group`). */
+export const SHARED_SHIM_GROUP = "tainerd-shared";
+
+/** How long (ms) a shim with no container left stays up for the next one. */
+export const SHIM_IDLE_TIMEOUT_ENV = "TAINERD_SHIM_IDLE_TIMEOUT_MS";
+
+/** Launches in flight, by shim address: a group's shim is started once. */
+const launching = new Map<string, Promise<unknown>>();
 
 /** The spec annotations that put containers in one shim, as containerd's `groupLabels`. */
 export const GROUP_ANNOTATIONS = ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
@@ -305,13 +316,29 @@ export async function groupingOf(bundle: string, id: string): Promise<string> {
  */
 export async function launchShim(o: LaunchOptions, log: Logger): Promise<string> {
   const { bundle } = o;
-  const shimCgroup = o.shimCgroup ?? "";
   // One shim serves every container of a group (containerd's runc v2 manager: the first of
   // the group annotations found in config.json, else the container id).
-  const grouping = await groupingOf(bundle, o.id);
+  let grouping = await groupingOf(bundle, o.id);
+  if (grouping === o.id && o.defaultGroup) grouping = o.defaultGroup;
   const address = o.socketDir
     ? socketAddress(o.address, o.namespace, grouping, o.socketDir)
     : socketAddress(o.address, o.namespace, grouping);
+  // Concurrent creates of one group: the first starts the shim, the others wait and reuse it.
+  for (let prev = launching.get(address); prev; prev = launching.get(address)) {
+    await prev.catch(() => {});
+  }
+  const mine = launchAt(o, address, log);
+  launching.set(address, mine);
+  try {
+    return await mine;
+  } finally {
+    if (launching.get(address) === mine) launching.delete(address);
+  }
+}
+
+async function launchAt(o: LaunchOptions, address: string, log: Logger): Promise<string> {
+  const { bundle } = o;
+  const shimCgroup = o.shimCgroup ?? "";
   const path = socketPath(address);
   await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true, mode: 0o711 });
   try {
@@ -504,13 +531,25 @@ export async function serveShim(flags: ShimFlags, log: Logger): Promise<void> {
   reaper.startSweeping();
   let requestShutdown!: () => void;
   const shutdownRequested = new Promise<void>((resolve) => requestShutdown = resolve);
-  const service = new TaskService({
+  // A shared shim (runtime shim_group) may stay up, empty, for the next container.
+  const idleMs = Number(Deno.env.get(SHIM_IDLE_TIMEOUT_ENV) ?? "0") || 0;
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  const service: TaskService = new TaskService({
     namespace: flags.namespace,
     stateDir: stateDir(),
     publisher,
     reaper,
     log,
-    onShutdown: () => requestShutdown(),
+    onShutdown: () => {
+      if (idleMs <= 0) return requestShutdown();
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => {
+        if (service.size === 0) {
+          // No new connection may pick this shim any more.
+          removeSocket(address).catch(() => {}).finally(() => requestShutdown());
+        }
+      }, idleMs);
+    },
   });
   const server = new TtrpcServer({
     onError: (err) => log.warn("ttrpc server error", { error: `${err}` }),
@@ -547,6 +586,7 @@ export async function serveShim(flags: ShimFlags, log: Logger): Promise<void> {
   log.info("shim serving", { socket: path, pid: Deno.pid, bundle });
   const serving = server.serve(listener);
   await shutdownRequested;
+  clearTimeout(idleTimer);
   log.info("shim shutting down", { tasks: service.size });
   reaper.stopSweeping();
   // let the Shutdown call (or any other in flight) answer first

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { canUnpack, withRegistryImage } from "../images/testdata/busybox_image.ts";
 import { busyboxRootfs } from "./fixtures.ts";
-import { delay, type TestDaemon, withDaemon } from "./harness.ts";
+import { ctrEvents, delay, type TestDaemon, withDaemon } from "./harness.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -251,17 +251,8 @@ Deno.test("a container over its memory limit is OOM-killed and ctr events shows 
   try {
     const rootfs = await busyboxRootfs(dir);
     await withDaemon(async (d) => {
-      const events = new Deno.Command("ctr", {
-        args: ["-a", d.address, "events"],
-        stdout: "piped",
-        stderr: "null",
-      }).spawn();
-      let seen = "";
-      const reading = (async () => {
-        for await (const c of events.stdout.pipeThrough(new TextDecoderStream())) seen += c;
-      })();
+      const events = await ctrEvents(d);
       try {
-        await delay(500);
         const r = await d.ctr([
           "run",
           "--rm",
@@ -275,12 +266,10 @@ Deno.test("a container over its memory limit is OOM-killed and ctr events shows 
           "x=a; while true; do x=$x$x; done",
         ]);
         assert.equal(r.code, 137, r.stderr);
-        await waitFor("/tasks/oom", () => Promise.resolve(/\/tasks\/oom/.test(seen)));
-        assert.match(seen, /^.* default \/tasks\/oom \{"container_id":"oom1"\}$/m);
+        await events.waitFor(/\/tasks\/oom/, "/tasks/oom");
+        assert.match(events.text(), /^.* default \/tasks\/oom \{"container_id":"oom1"\}$/m);
       } finally {
-        events.kill("SIGTERM");
-        await events.status;
-        await reading.catch(() => {});
+        await events.stop();
         await cleanup(d);
       }
     });

@@ -4,7 +4,14 @@
  */
 
 import assert from "node:assert/strict";
-import { delay, shimPids, type TestDaemon, waitFor, withRestartableDaemon } from "./harness.ts";
+import {
+  ctrEvents,
+  delay,
+  shimPids,
+  type TestDaemon,
+  waitFor,
+  withRestartableDaemon,
+} from "./harness.ts";
 
 async function runGrouped(d: TestDaemon, rootfs: string, id: string, group = "g1") {
   const r = await d.ctr([
@@ -115,12 +122,7 @@ Deno.test("a killed grouped shim: every task of it is reported exited and cleane
   withRestartableDaemon(async (d, rootfs) => {
     await runGrouped(d, rootfs, "v1", "g2");
     await runGrouped(d, rootfs, "v2", "g2");
-    const events = new Deno.Command("ctr", {
-      args: ["-a", d.address, "events"],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    await delay(1000);
+    const events = await ctrEvents(d);
     const shims = await shimPids(d);
     assert.equal(shims.length, 1);
     Deno.kill(shims[0], "SIGKILL");
@@ -128,9 +130,10 @@ Deno.test("a killed grouped shim: every task of it is reported exited and cleane
       async () => !/^v[12]\s/m.test((await d.ctr(["tasks", "ls"])).stdout),
       "both tasks to be gone",
     );
-    await delay(500);
-    events.kill();
-    const out = new TextDecoder().decode((await events.output()).stdout);
+    await events.waitFor(/\/tasks\/delete[^\n]*"container_id":"v1"/, "v1's delete");
+    await events.waitFor(/\/tasks\/delete[^\n]*"container_id":"v2"/, "v2's delete");
+    await delay(300);
+    const out = await events.stop();
     for (const id of ["v1", "v2"]) {
       const exits = out.split("\n").filter((l) =>
         l.includes("/tasks/exit") && l.includes(`"container_id":"${id}"`)

@@ -262,12 +262,13 @@ export async function shimPids(d: TestDaemon): Promise<number[]> {
  */
 export async function withRestartableDaemon(
   fn: (d: TestDaemon, rootfs: string) => Promise<void>,
+  opts: DaemonOptions = {},
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "tainerd-test-" });
   const d = new TestDaemon(dir);
   try {
     const rootfs = await busyboxRootfs(dir);
-    await d.start();
+    await d.start(opts);
     await fn(d, rootfs);
   } catch (err) {
     console.error(await d.log());
@@ -286,4 +287,58 @@ export async function withRestartableDaemon(
     await d.stop();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
+}
+
+/** A running `ctr events` whose output is collected. */
+export interface CtrEvents {
+  /** Everything printed so far. */
+  text(): string;
+  /** Waits until the output matches `re`. */
+  waitFor(re: RegExp, what: string, ms?: number): Promise<void>;
+  /** Stops it and returns everything it printed. */
+  stop(): Promise<string>;
+}
+
+/**
+ * Starts `ctr events` against the daemon and returns once its subscription is live: a
+ * marker namespace is created (and removed) until its event shows up, so no event published
+ * afterwards can be missed, however loaded the machine.
+ */
+export async function ctrEvents(d: TestDaemon): Promise<CtrEvents> {
+  const child = new Deno.Command("ctr", {
+    args: ["-a", d.address, "events"],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  let seen = "";
+  const reading = (async () => {
+    for await (const c of child.stdout.pipeThrough(new TextDecoderStream())) seen += c;
+  })().catch(() => {});
+  const marker = `events-ready-${crypto.randomUUID().slice(0, 8)}`;
+  const stop = async () => {
+    try {
+      child.kill();
+    } catch { /* gone */ }
+    await child.status;
+    await reading;
+    return seen;
+  };
+  try {
+    const deadline = Date.now() + 20_000;
+    for (let i = 0; !seen.includes(marker); i++) {
+      if (Date.now() > deadline) throw new Error("ctr events never showed the marker event");
+      if (i % 10 === 0) await d.ctr(["namespaces", "create", `${marker}`]);
+      await delay(50);
+      if (i % 10 === 9) await d.ctr(["namespaces", "rm", marker]);
+    }
+    await d.ctr(["namespaces", "rm", marker]);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return {
+    text: () => seen,
+    waitFor: (re, what, ms = 10_000) => waitFor(() => Promise.resolve(re.test(seen)), what, ms),
+    stop,
+  };
 }

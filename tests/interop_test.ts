@@ -9,7 +9,7 @@
 
 import assert from "node:assert/strict";
 import { busyboxRootfs } from "./fixtures.ts";
-import { delay, have, run, TestDaemon } from "./harness.ts";
+import { ctrEvents, delay, have, run, TestDaemon } from "./harness.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const RUNC_SHIM = "/usr/bin/containerd-shim-runc-v2";
@@ -101,24 +101,20 @@ Deno.test({
   fn: () =>
     withTainerd(RUNC_SHIM_CONFIG, async (d, ns, rootfs) => {
       const ctr = (...args: string[]) => d.ctr(args, { namespace: ns });
-      const events = new Deno.Command("ctr", {
-        args: ["-a", d.address, "events"],
-        stdout: "piped",
-        stderr: "null",
-      }).spawn();
+      const events = await ctrEvents(d);
       let r;
       try {
-        await delay(500);
         r = await ctr("run", "--rm", "--rootfs", rootfs, "hello", "/bin/echo", "hi");
         assert.equal(r.code, 0, r.stderr);
         assert.equal(r.stdout.trim(), "hi");
         r = await ctr("run", "--rm", "--rootfs", rootfs, "three", "/bin/sh", "-c", "exit 3");
         assert.equal(r.code, 3, r.stderr);
+        await events.waitFor(/\/tasks\/delete[^\n]*"container_id":"three"/, "three's delete");
+        await delay(300);
       } finally {
-        await delay(500);
-        events.kill();
+        await events.stop();
       }
-      const out = decoder.decode((await events.output()).stdout);
+      const out = events.text();
       assert.match(out, new RegExp(`/tasks/exit.*"container_id":"hello".*`));
       assert.match(out, /\/tasks\/exit.*"container_id":"three".*"exit_status":3/);
       assert.match(out, /\/tasks\/delete.*"container_id":"three"/);

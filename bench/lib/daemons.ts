@@ -39,7 +39,10 @@ export class BenchDaemon {
   #status?: Promise<Deno.CommandStatus>;
   #exited = false;
 
-  constructor(kind: Kind, dir: string) {
+  readonly #sharedShims: boolean;
+
+  constructor(kind: Kind, dir: string, opts: { sharedShims?: boolean } = {}) {
+    this.#sharedShims = opts.sharedShims ?? false;
     this.kind = kind;
     this.dir = dir;
     this.address = `${dir}/${kind === "containerd" ? "c" : "t"}.sock`;
@@ -101,7 +104,16 @@ export class BenchDaemon {
         ].join("\n"),
       );
     } else {
-      await Deno.writeTextFile(this.configPath, "version = 2\n");
+      // As containerd's here: no CRI (its plugin is disabled above).
+      const lines = ["version = 2", `disabled_plugins = ["io.containerd.grpc.v1.cri"]`];
+      if (this.#sharedShims) {
+        lines.push(
+          `[plugins."io.containerd.runtime.v2.task"]`,
+          `  shim_group = "namespace"`,
+          `  shim_idle_timeout = "10s"`,
+        );
+      }
+      await Deno.writeTextFile(this.configPath, lines.join("\n") + "\n");
     }
   }
 

@@ -22,6 +22,8 @@ export interface Options {
   only?: number[];
   /** Keep the temp dir (logs) after the run. */
   keep: boolean;
+  /** Run tainerd with shared shims (runtime `shim_group = "namespace"`, kept warm 10 s). */
+  sharedShims?: boolean;
 }
 
 /** The namespace pulls work in (wiped between repetitions). */
@@ -54,7 +56,7 @@ export class Session {
     this.opts = opts;
     this.dir = dir;
     this.containerd = new BenchDaemon("containerd", `${dir}/c`);
-    this.tainerd = new BenchDaemon("tainerd", `${dir}/t`);
+    this.tainerd = new BenchDaemon("tainerd", `${dir}/t`, { sharedShims: opts.sharedShims });
   }
 
   /** Creates the temp dir, the rootfs, and starts both daemons. */

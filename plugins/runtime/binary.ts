@@ -21,11 +21,22 @@ export const OWN_SHIM_RUNTIMES: readonly string[] = [
 export interface RuntimeConfig {
   /** Runtime name → shim binary (a name looked up on PATH, or an absolute path). */
   shims: Record<string, string>;
+  /**
+   * Which containers without a group annotation share one of tainerd's own shims: "" (the
+   * default, as containerd) gives each its own shim; "namespace" puts them all in one shim
+   * per namespace (one process instead of one per container).
+   */
+  shim_group: "" | "namespace";
+  /**
+   * How long a shared shim stays up once it serves no container (a Go duration): the next
+   * container then starts without a shim start. "0s" (the default): it exits at once.
+   */
+  shim_idle_timeout: string;
 }
 
 /** The default runtime config: every runc runtime uses tainerd's own shim. */
 export function defaultRuntimeConfig(): RuntimeConfig {
-  return { shims: {} };
+  return { shims: {}, shim_group: "", shim_idle_timeout: "0s" };
 }
 
 /**
@@ -38,8 +49,29 @@ export function parseRuntimeConfig(
   defaults: unknown,
   where: string,
 ): RuntimeConfig {
-  const out: RuntimeConfig = { shims: { ...(defaults as RuntimeConfig).shims } };
+  const d = defaults as RuntimeConfig;
+  const out: RuntimeConfig = {
+    shims: { ...d.shims },
+    shim_group: d.shim_group,
+    shim_idle_timeout: d.shim_idle_timeout,
+  };
   for (const [key, value] of Object.entries(raw)) {
+    if (key === "shim_group") {
+      if (value !== "" && value !== "namespace") {
+        throw invalidArgument(`Config key ${where}.shim_group must be "" or "namespace"`);
+      }
+      out.shim_group = value;
+      continue;
+    }
+    if (key === "shim_idle_timeout") {
+      if (typeof value !== "string" || !/^\d+(\.\d+)?(ns|us|µs|ms|s|m|h)$/.test(value)) {
+        throw invalidArgument(
+          `Config key ${where}.shim_idle_timeout must be a duration like "30s"`,
+        );
+      }
+      out.shim_idle_timeout = value;
+      continue;
+    }
     if (key !== "shims") throw invalidArgument(`Unknown config key ${where}.${key}`);
     if (value === null || typeof value !== "object" || Array.isArray(value)) {
       throw invalidArgument(`Config key ${where}.shims must be a table of runtime = binary`);

@@ -30,7 +30,13 @@ import {
 import { TaskDeleteSchema, TaskExitSchema } from "../../api/gen/containerd/events/task_pb.ts";
 import type { MountSchema } from "../../api/gen/containerd/types/mount_pb.ts";
 import type { Logger } from "../../log.ts";
-import { launchShim, selfCommand } from "../../shim/main.ts";
+import {
+  launchShim,
+  selfCommand,
+  SHARED_SHIM_GROUP,
+  SHIM_IDLE_TIMEOUT_ENV,
+} from "../../shim/main.ts";
+import { parseGoDuration } from "../gc/scheduler.ts";
 import { OptionsSchema } from "../../api/gen/containerd/runtime/v2/runc/options/oci_pb.ts";
 import { cloexecAll } from "../../sys/libc.ts";
 import { createTtrpcClient, TtrpcClient, type TtrpcServiceClient } from "../../ttrpc/client.ts";
@@ -375,6 +381,10 @@ export class RuntimeManager {
       if (runtimeOptions && runtimeOptions.typeUrl.endsWith(OptionsSchema.typeName)) {
         shimCgroup = fromBinary(OptionsSchema, runtimeOptions.value).shimCgroup;
       }
+      const config = this.#opts.config ?? defaultRuntimeConfig();
+      if (config.shim_group === "namespace") {
+        env[SHIM_IDLE_TIMEOUT_ENV] = String(parseGoDuration(config.shim_idle_timeout));
+      }
       try {
         return await launchShim({
           namespace: ns,
@@ -383,6 +393,7 @@ export class RuntimeManager {
           publishBinary: Deno.execPath(),
           bundle,
           shimCgroup,
+          defaultGroup: config.shim_group === "namespace" ? SHARED_SHIM_GROUP : undefined,
           env,
           socketDir: env.TAINERD_SOCKET_DIR ?? env.TAINERD_STATE_DIR,
         }, this.#opts.log.child({ namespace: ns, id }));

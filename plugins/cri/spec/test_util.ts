@@ -91,8 +91,12 @@ export async function runcDelete(id: string): Promise<void> {
   await runc(["delete", "-f", id]);
 }
 
-/** Writes a bundle under `dir` for `spec` with a fresh busybox rootfs; returns the bundle dir. */
-export async function bundle(dir: string, spec: Spec): Promise<string> {
+/**
+ * Writes a bundle under `dir` for `spec` with a fresh busybox rootfs; returns the bundle dir.
+ * The container's cgroup is named after its unique runc `id`, so concurrent runs never share.
+ */
+export async function bundle(dir: string, spec: Spec, id: string): Promise<string> {
+  spec.linux.cgroupsPath = `/k8s.io/${id}`;
   const b = `${dir}/bundle-${crypto.randomUUID().slice(0, 8)}`;
   await Deno.mkdir(b);
   const rootfs = await busyboxRootfs(b);
@@ -110,8 +114,8 @@ export interface RunResult {
 
 /** Runs `spec` in the foreground with `runc run` and deletes the container after. */
 export async function runSpec(dir: string, spec: Spec, what: string): Promise<RunResult> {
-  const b = await bundle(dir, spec);
   const id = runcId(what);
+  const b = await bundle(dir, spec, id);
   try {
     const out = await runc(["run", "--bundle", b, id]);
     const dec = new TextDecoder();
@@ -131,18 +135,26 @@ export interface Detached {
 
 /** Starts `spec` detached with `runc run -d`; the caller must `stop()` it. */
 export async function startDetached(dir: string, spec: Spec, what: string): Promise<Detached> {
-  const b = await bundle(dir, spec);
   const id = runcId(what);
+  const b = await bundle(dir, spec, id);
   const stop = () => runcDelete(id);
   try {
-    const out = await new Deno.Command("runc", {
-      args: ["run", "-d", "--pid-file", `${b}/pid`, "--bundle", b, id],
+    // The container inherits runc's stdio: a pipe would stay open as long as it runs, so
+    // runc's (and the container's) output goes to a file.
+    const out = await new Deno.Command("sh", {
+      args: [
+        "-c",
+        'exec runc run -d --pid-file "$1/pid" --bundle "$1" "$2" >"$1/stdio.log" 2>&1',
+        "sh",
+        b,
+        id,
+      ],
       stdin: "null",
       stdout: "null",
-      stderr: "piped",
+      stderr: "null",
     }).output();
     if (!out.success) {
-      throw new Error(`runc run -d ${id}: ${new TextDecoder().decode(out.stderr)}`);
+      throw new Error(`runc run -d ${id}: ${await Deno.readTextFile(`${b}/stdio.log`)}`);
     }
     const pid = Number((await Deno.readTextFile(`${b}/pid`)).trim());
     return { id, pid, stop };

@@ -10,140 +10,21 @@
 
 import assert from "node:assert/strict";
 import { withRegistryImage } from "../images/testdata/busybox_image.ts";
+import { curlJson, run, waitFor, withDaemon } from "./harness.ts";
 import {
-  curlJson,
-  have,
-  run,
-  type RunResult,
-  type TestDaemon,
-  waitFor,
-  withDaemon,
-} from "./harness.ts";
+  bridgeLinks,
+  containerConfig,
+  criConfig,
+  crictl,
+  criMissing,
+  mountsUnder,
+  ok,
+  podConfig,
+  withNet,
+  writeJson,
+} from "./cri_harness.ts";
 
-const CRICTL = have("crictl");
-const CNI = (() => {
-  try {
-    Deno.statSync("/usr/lib/cni/bridge");
-    return true;
-  } catch {
-    return false;
-  }
-})();
-const ignore = !CRICTL || !CNI || !have("iptables") || !have("socat");
-
-/** A private CNI network for one test: a bridge, a /24, host-local state in `dir`. */
-interface TestNet {
-  confDir: string;
-  bridge: string;
-  subnet: string;
-  prefix: string;
-}
-
-async function makeNet(dir: string): Promise<TestNet> {
-  const r = crypto.getRandomValues(new Uint8Array(3));
-  const bridge = `tndcri${r[0].toString(16)}${r[1].toString(16)}`;
-  const prefix = `10.${200 + (r[0] % 50)}.${r[2]}`;
-  const subnet = `${prefix}.0/24`;
-  const confDir = `${dir}/net.d`;
-  await Deno.mkdir(confDir, { recursive: true });
-  await Deno.writeTextFile(
-    `${confDir}/10-test.conflist`,
-    JSON.stringify({
-      cniVersion: "1.0.0",
-      name: "tainerd-test",
-      plugins: [
-        {
-          type: "bridge",
-          bridge,
-          isGateway: true,
-          ipMasq: false,
-          ipam: {
-            type: "host-local",
-            ranges: [[{ subnet }]],
-            routes: [{ dst: "0.0.0.0/0" }],
-            dataDir: `${dir}/ipam`,
-          },
-        },
-        { type: "portmap", capabilities: { portMappings: true } },
-      ],
-    }),
-  );
-  return { confDir, bridge, subnet, prefix };
-}
-
-function criConfig(net: TestNet): string {
-  return `
-[plugins."io.containerd.grpc.v1.cri"]
-stream_server_port = "0"
-[plugins."io.containerd.grpc.v1.cri".cni]
-conf_dir = "${net.confDir}"
-bin_dir = "/usr/lib/cni"
-`;
-}
-
-function crictl(d: TestDaemon, args: string[], timeout = "60s"): Promise<RunResult> {
-  return run("crictl", [
-    "--runtime-endpoint",
-    `unix://${d.address}`,
-    "--image-endpoint",
-    `unix://${d.address}`,
-    "--timeout",
-    timeout,
-    ...args,
-  ]);
-}
-
-async function ok(d: TestDaemon, args: string[]): Promise<string> {
-  const r = await crictl(d, args);
-  assert.equal(r.code, 0, `crictl ${args.join(" ")}: ${r.stderr}`);
-  return r.stdout.trim();
-}
-
-async function writeJson(path: string, v: unknown): Promise<string> {
-  await Deno.writeTextFile(path, JSON.stringify(v));
-  return path;
-}
-
-function podConfig(name: string, dir: string, extra: Record<string, unknown> = {}) {
-  return {
-    metadata: { name, namespace: "default", uid: `uid-${name}`, attempt: 1 },
-    hostname: name,
-    log_directory: `${dir}/logs/${name}`,
-    linux: {},
-    ...extra,
-  };
-}
-
-function containerConfig(name: string, image: string, command: string[]) {
-  return {
-    metadata: { name },
-    image: { image },
-    command,
-    log_path: `${name}.log`,
-    linux: {},
-  };
-}
-
-async function mountsUnder(prefix: string): Promise<string[]> {
-  const text = await Deno.readTextFile("/proc/self/mountinfo");
-  return text.split("\n").map((l) => l.split(" ")[4]).filter((m) => m?.startsWith(prefix));
-}
-
-async function bridgeLinks(bridge: string): Promise<string> {
-  return (await run("ip", ["-o", "link", "show", "master", bridge])).stdout.trim();
-}
-
-/** Runs `fn` with a private network and a temp dir (removed after, with the bridge). */
-async function withNet(fn: (net: TestNet, dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "tainerd-cri-" });
-  const net = await makeNet(dir);
-  try {
-    await fn(net, dir);
-  } finally {
-    await run("ip", ["link", "del", net.bridge]);
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
-}
+const ignore = criMissing !== "";
 
 Deno.test({
   name: "cri: crictl pulls, runs a pod with two containers, logs, exec, stats, and cleans up",
@@ -303,8 +184,6 @@ Deno.test({
       )
     ),
 });
-
-export { containerConfig, criConfig, crictl, ok, podConfig, withNet, writeJson };
 
 Deno.test({
   name: "cri: a pod survives a daemon SIGKILL: Ready and Running after the restart",

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { delay, waitFor, withRestartableDaemon } from "./harness.ts";
+import { ctrEvents, delay, waitFor, withRestartableDaemon } from "./harness.ts";
 
 Deno.test("tasks survive a daemon SIGKILL; an exit during the downtime keeps its code", () =>
   withRestartableDaemon(async (d, rootfs) => {
@@ -76,12 +76,7 @@ Deno.test("a killed shim: its task is reported stopped and everything is cleaned
   withRestartableDaemon(async (d, rootfs) => {
     let r = await d.ctr(["run", "-d", "--rootfs", rootfs, "victim", "/bin/sleep", "1000"]);
     assert.equal(r.code, 0, r.stderr);
-    const events = new Deno.Command("ctr", {
-      args: ["-a", d.address, "events"],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    await delay(1000);
+    const events = await ctrEvents(d);
     const shims = new TextDecoder().decode(
       (await new Deno.Command("pgrep", {
         args: ["-f", "--", ` shim .*-address ${d.address} `],
@@ -93,9 +88,9 @@ Deno.test("a killed shim: its task is reported stopped and everything is cleaned
       async () => !(await d.ctr(["tasks", "ls"])).stdout.includes("victim"),
       "the task to be gone",
     );
-    await delay(500);
-    events.kill();
-    const out = new TextDecoder().decode((await events.output()).stdout);
+    await events.waitFor(/\/tasks\/delete[^\n]*"container_id":"victim"/, "victim's delete")
+      .finally(() => events.stop());
+    const out = events.text();
     assert.match(out, /\/tasks\/exit.*"container_id":"victim".*"exit_status":137/);
     assert.match(out, /\/tasks\/delete.*"container_id":"victim"/);
     const bundle = `${d.state}/io.containerd.runtime.v2.task/default/victim`;

@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { Snapshots } from "../api/gen/containerd/services/snapshots/v1/snapshots_pb.ts";
 import { busyboxRootfs } from "./fixtures.ts";
-import { delay, type TestDaemon, withDaemon } from "./harness.ts";
+import { ctrEvents, delay, type TestDaemon, withDaemon } from "./harness.ts";
 
 const encoder = new TextEncoder();
 
@@ -262,30 +262,18 @@ Deno.test("ctr snapshots diff writes the changes of a snapshot through the Diff 
 
 Deno.test("ctr events shows snapshot prepare, commit and remove", () =>
   withDaemon(async (d) => {
-    const child = new Deno.Command("ctr", {
-      args: ["-a", d.address, "events"],
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    let text = "";
-    const reading = (async () => {
-      const dec = new TextDecoder();
-      for await (const chunk of child.stdout) text += dec.decode(chunk);
-    })();
+    const events = await ctrEvents(d);
     try {
-      await delay(500);
       await ok(d, ["snapshots", "prepare", "ev-work"]);
       await ok(d, ["snapshots", "commit", "ev-done", "ev-work"]);
       await ok(d, ["snapshots", "rm", "ev-done"]);
-      await eventually(() => Promise.resolve(assert.match(text, /\/snapshot\/remove/)));
+      await events.waitFor(/\/snapshot\/remove/, "/snapshot/remove");
+      const text = events.text();
       assert.match(text, /default\s+\/snapshot\/prepare\s+.*"key":"ev-work"/);
       assert.match(text, /default\s+\/snapshot\/commit\s+.*"key":"ev-work","name":"ev-done"/);
       assert.match(text, /default\s+\/snapshot\/remove\s+.*"key":"ev-done"/);
     } finally {
-      child.kill();
-      await reading.catch(() => {});
-      await child.stderr.cancel().catch(() => {});
-      await child.status;
+      await events.stop();
     }
   }));
 

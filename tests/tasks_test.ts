@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { busyboxRootfs } from "./fixtures.ts";
-import { delay, type TestDaemon, withDaemon } from "./harness.ts";
+import { ctrEvents, delay, type TestDaemon, withDaemon } from "./harness.ts";
 
 async function withRootfs(fn: (d: TestDaemon, rootfs: string) => Promise<void>) {
   const dir = await Deno.makeTempDir({ prefix: "tainerd-rootfs-" });
@@ -102,18 +102,13 @@ Deno.test("ctr run -d, task exec, ps, pause, resume, kill and rm", () =>
 
 Deno.test("tasks publish create, start, exit and delete events in order", () =>
   withRootfs(async (d, rootfs) => {
-    const child = new Deno.Command("ctr", {
-      args: ["-a", d.address, "events"],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
+    const events = await ctrEvents(d);
     try {
-      await delay(500);
       const r = await d.ctr(["run", "--rm", "--rootfs", rootfs, "ev", "/bin/true"]);
       assert.equal(r.code, 0, r.stderr);
-      await delay(500);
-      child.kill();
-      const out = new TextDecoder().decode((await child.output()).stdout);
+      await events.waitFor(/\/containers\/delete[^\n]*"id":"ev"/, "ev's container delete");
+      await delay(200);
+      const out = await events.stop();
       const topics = out.split("\n").map((l) => l.match(/ (\/(?:tasks|containers)\/[a-z-]+) /)?.[1])
         .filter((t) => t !== undefined);
       assert.deepEqual(topics, [
@@ -125,11 +120,7 @@ Deno.test("tasks publish create, start, exit and delete events in order", () =>
         "/containers/delete",
       ]);
     } finally {
-      try {
-        child.kill();
-      } catch {
-        // Already gone.
-      }
+      await events.stop();
     }
   }));
 

@@ -12,8 +12,9 @@
  * and shim memory, 5 daemon restart with running containers, 6 API calls per second.
  *
  * Options: `--quick` (fewer repetitions, smaller pull image), `--only 1,4`, `--keep` (keep the
- * temp dir with the daemons' logs), `--no-save` (print only), `--shared-shims` (tainerd with
- * runtime `shim_group = "namespace"`: one warm shim per namespace instead of one per container).
+ * temp dir with the daemons' logs), `--no-save` (print only), `--per-container-shims` (tainerd
+ * with runtime `shim_group = ""`, one shim per container as containerd, instead of its default
+ * shared shim per namespace).
  *
  * Everything it starts (daemons, shims, containers, mounts, registry, temp dir) is removed at
  * the end, on failure and on Ctrl-C.
@@ -31,7 +32,7 @@ const REPO = new URL("..", import.meta.url).pathname;
 
 function usage(): never {
   console.error(
-    "usage: deno task bench [--quick] [--only 1,2,…] [--keep] [--no-save] [--shared-shims]",
+    "usage: deno task bench [--quick] [--only 1,2,…] [--keep] [--no-save] [--per-container-shims]",
   );
   Deno.exit(2);
 }
@@ -43,7 +44,7 @@ function parseArgs(args: string[]): Options & { save: boolean } {
     if (a === "--quick") opts.quick = true;
     else if (a === "--keep") opts.keep = true;
     else if (a === "--no-save") opts.save = false;
-    else if (a === "--shared-shims") opts.sharedShims = true;
+    else if (a === "--per-container-shims") opts.perContainerShims = true;
     else if (a === "--only" || a.startsWith("--only=")) {
       const v = a === "--only" ? args[++i] : a.slice("--only=".length);
       if (!v) usage();

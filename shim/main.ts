@@ -540,8 +540,8 @@ export async function serveShim(flags: ShimFlags, log: Logger): Promise<void> {
     publisher,
     reaper,
     log,
-    onShutdown: () => {
-      if (idleMs <= 0) return requestShutdown();
+    onShutdown: (now) => {
+      if (now || idleMs <= 0) return requestShutdown();
       clearTimeout(idleTimer);
       idleTimer = setTimeout(() => {
         if (service.size === 0) {

@@ -56,7 +56,8 @@ export interface TaskServiceOptions {
   reaper: Reaper;
   log: Logger;
   /** Called when `Shutdown` finds no container left: the shim should exit. */
-  onShutdown: () => void;
+  /** No container left and Shutdown was called; `now`: exit without lingering. */
+  onShutdown: (now: boolean) => void;
 }
 
 /** A FIFO lock (one holder at a time). */
@@ -446,8 +447,8 @@ export class TaskService {
         version: VERSION,
       }),
 
-      shutdown: () => {
-        if (this.size === 0) this.#opts.onShutdown();
+      shutdown: (req) => {
+        if (this.size === 0) this.#opts.onShutdown(req.now);
         return {};
       },
     };

@@ -1,15 +1,19 @@
 /**
  * The CRI streaming server end to end, driven by the real crictl (v1.37.0) against tainerd:
  *
- * - `crictl exec` over SPDY and over WebSocket: stdout and stderr arrive apart, a failing
- *   command's exit status becomes crictl's; `exec -i` feeds stdin and ends when it closes;
- *   `exec -it` runs a shell on a terminal (driven through tmux): type, read, resize, exit.
- * - `crictl attach`: to a container with stdin (no terminal) over both transports, and to a
- *   container with a terminal through tmux.
+ * - `crictl exec` over SPDY and over WebSocket: stdout and stderr arrive apart (also several
+ *   MB of them), a failing command makes crictl fail naming its exit code (crictl itself exits
+ *   with 1); `exec -i` feeds stdin and ends when it closes; `exec -it` runs a shell on a
+ *   terminal (driven through tmux): type, read, resize, exit; killing that crictl ends the shell.
+ * - `crictl attach`: to a container with stdin (no terminal) over both transports, two
+ *   clients at once, a `stdin_once` container (EOF ends its stdin, the last output still
+ *   arrives), and a container with a terminal through tmux.
  * - `crictl port-forward` (SPDY, and SPDY tunneled in WebSocket) to a busybox httpd in the pod,
- *   fetched from the host on 127.0.0.1.
+ *   fetched from the host on 127.0.0.1 (concurrent and large responses); a closed port fails.
  * - The URL of a CRI Exec call (Connect JSON through curl) serves one session (here a
  *   WebSocket `v4.channel.k8s.io` client); its second use is a 404.
+ * - After every client leaves, the daemon holds no connection on the streaming port and no
+ *   port forwarding helper (nsenter/socat) is left.
  *
  * Every pod has a private bridge and subnet; connections stay on loopback and that bridge.
  * Skipped without crictl, CNI plugins, iptables, socat or tmux.
@@ -442,19 +446,23 @@ Deno.test({
             });
 
             await t.step("exec -it: a client that goes away ends the shell", async () => {
+              // The pod shares one PID namespace: count the shells running before.
+              const shells = async () => {
+                const ps = await ok(d, ["exec", sleeper, "ps", "-o", "pid,comm"]);
+                return ps.split("\n").filter((l) => / sh$/.test(l)).length;
+              };
+              const before = await shells();
               const x = tmux();
               await x.start(crictlLine(d, ["exec", "-it", sleeper, "sh"]));
               await x.waitFor(/[#$] ?$/m, "prompt");
               await x.keys("echo marker-$((40+2))", "Enter");
               await x.waitFor(/^marker-42\s*$/m, "marker-42");
+              assert.equal(await shells(), before + 1, "the exec'd shell runs");
               await x.kill(); // crictl gets SIGHUP
               tmuxes.delete(x);
               await noSessions("crictl was killed");
-              // The shell saw the end of its input and exited: only sleep (and ps) are left.
-              await waitFor(async () => {
-                const ps = await ok(d, ["exec", sleeper, "ps", "-o", "comm"]);
-                return !/^sh$/m.test(ps);
-              }, "the exec'd shell to end");
+              // The shell's terminal was hung up when its input ended: it is gone.
+              await waitFor(async () => await shells() === before, "the exec'd shell to end");
             });
 
             await t.step("attach -it through tmux to a container with a terminal", async () => {

@@ -1,9 +1,16 @@
 /**
  * Shim grouping: containers with the same `io.containerd.runc.v2.group` spec annotation share
- * one shim process (and one ttrpc connection); the last one out shuts the shim down.
+ * one shim process (and one ttrpc connection); the last one out shuts the shim down. These
+ * daemons run with `shim_group = ""` (containerd's behaviour: an ungrouped container gets its
+ * own shim); the default shared shim is tested in shim_shared_test.ts.
  */
 
 import assert from "node:assert/strict";
+
+const PER_CONTAINER = `
+[plugins."io.containerd.runtime.v2.task"]
+shim_group = ""
+`;
 import {
   ctrEvents,
   delay,
@@ -85,7 +92,7 @@ Deno.test("grouped containers share one shim; the last one out shuts it down", (
 
     // daemon SIGKILL + restart: both reconnect, through one connection
     await d.kill();
-    await d.start();
+    await d.start({ config: PER_CONTAINER });
     r = await d.ctr(["tasks", "ls"]);
     for (const id of ["b", "c", "y"]) {
       assert.match(r.stdout, new RegExp(`^${id}\\s+\\d+\\s+RUNNING`, "m"));
@@ -116,7 +123,7 @@ Deno.test("grouped containers share one shim; the last one out shuts it down", (
     }
     const left = [...Deno.readDirSync(`${d.state}/io.containerd.runtime.v2.task/default`)];
     assert.deepEqual(left, [], "no bundle left");
-  }));
+  }, { config: PER_CONTAINER }));
 
 Deno.test("a killed grouped shim: every task of it is reported exited and cleaned up", () =>
   withRestartableDaemon(async (d, rootfs) => {
@@ -149,4 +156,4 @@ Deno.test("a killed grouped shim: every task of it is reported exited and cleane
     const mounts = await Deno.readTextFile("/proc/self/mountinfo");
     assert.ok(!mounts.includes(d.dir), "no mount left");
     assert.equal((await d.ctr(["version"])).code, 0, "the daemon stays healthy");
-  }));
+  }, { config: PER_CONTAINER }));

@@ -68,3 +68,34 @@ Deno.test("shim_group = namespace: one shim for concurrent containers, kept warm
     // Empty for longer than the idle timeout: it exits.
     await waitFor(async () => (await shimPids(d)).length === 0, "the idle shim to exit", 15_000);
   }, { config: CONFIG }));
+
+Deno.test("the default: one shared shim, warm after its last container, ended by a daemon stop", () =>
+  withRestartableDaemon(async (d, rootfs) => {
+    for (const id of ["d1", "d2"]) {
+      const r = await d.ctr(["run", "-d", "--rootfs", rootfs, id, "/bin/sleep", "1000"]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const shims = await shimPids(d);
+    assert.equal(shims.length, 1, "one shim for both");
+    for (const id of ["d1", "d2"]) await d.ctr(["tasks", "kill", "-s", "SIGKILL", id]);
+    await waitFor(
+      async () => !/RUNNING/.test((await d.ctr(["tasks", "ls"])).stdout),
+      "the tasks to stop",
+    );
+    for (const id of ["d1", "d2"]) {
+      assert.equal((await d.ctr(["tasks", "rm", id])).code, 0);
+      assert.equal((await d.ctr(["containers", "rm", id])).code, 0);
+    }
+    assert.deepEqual(await shimPids(d), shims, "warm after its last container");
+    const pid = shims[0];
+    await d.stop();
+    await waitFor(async () => {
+      try {
+        Deno.kill(pid, "SIGCONT"); // signal 0 is not offered; SIGCONT is harmless
+        return false;
+      } catch {
+        return true;
+      }
+    }, "the idle shim to exit with the daemon");
+    await d.start();
+  }));

@@ -51,7 +51,9 @@ Deno.test("ctr run --rm prints the container's output and returns its exit code"
     assert.match(r.stderr, /oops/);
     const ls = await d.ctr(["containers", "ls", "-q"]);
     assert.equal(ls.stdout.trim(), "", "--rm removed every container");
-    assert.equal(await shimsOf(d), 0, "no shim outlives its task");
+    // The default shared shim stays warm for the next container (shim_idle_timeout); none
+    // other outlives its task.
+    assert.ok(await shimsOf(d) <= 1, "at most the warm shared shim");
   }));
 
 Deno.test("ctr run -d, task exec, ps, pause, resume, kill and rm", () =>
@@ -97,7 +99,7 @@ Deno.test("ctr run -d, task exec, ps, pause, resume, kill and rm", () =>
     assert.equal(r.code, 0, r.stderr);
     r = await d.ctr(["containers", "rm", "bg"]);
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(await shimsOf(d), 0);
+    assert.ok(await shimsOf(d) <= 1, "at most the warm shared shim");
   }));
 
 Deno.test("tasks publish create, start, exit and delete events in order", () =>

@@ -39,10 +39,10 @@ export class BenchDaemon {
   #status?: Promise<Deno.CommandStatus>;
   #exited = false;
 
-  readonly #sharedShims: boolean;
+  readonly #perContainerShims: boolean;
 
-  constructor(kind: Kind, dir: string, opts: { sharedShims?: boolean } = {}) {
-    this.#sharedShims = opts.sharedShims ?? false;
+  constructor(kind: Kind, dir: string, opts: { perContainerShims?: boolean } = {}) {
+    this.#perContainerShims = opts.perContainerShims ?? false;
     this.kind = kind;
     this.dir = dir;
     this.address = `${dir}/${kind === "containerd" ? "c" : "t"}.sock`;
@@ -106,12 +106,8 @@ export class BenchDaemon {
     } else {
       // As containerd's here: no CRI (its plugin is disabled above).
       const lines = ["version = 2", `disabled_plugins = ["io.containerd.grpc.v1.cri"]`];
-      if (this.#sharedShims) {
-        lines.push(
-          `[plugins."io.containerd.runtime.v2.task"]`,
-          `  shim_group = "namespace"`,
-          `  shim_idle_timeout = "10s"`,
-        );
+      if (this.#perContainerShims) {
+        lines.push(`[plugins."io.containerd.runtime.v2.task"]`, `  shim_group = ""`);
       }
       await Deno.writeTextFile(this.configPath, lines.join("\n") + "\n");
     }

@@ -88,7 +88,12 @@ export function markdown(res: Results): string {
     `${m.memoryGiB} GiB RAM, Linux ${m.kernel}; deno ${m.deno}, containerd ${m.containerd}, ` +
     `runc ${m.runc}, ctr ${m.ctr}, tainerd ${m.tainerd}. ` +
     `Mode: ${res.options.quick ? "quick" : "full"}` +
-    `${res.options.only ? `, figures ${(res.options.only as number[]).join(",")}` : ""}; ` +
+    `${res.options.only ? `, figures ${(res.options.only as number[]).join(",")}` : ""}` +
+    `${
+      res.options.perContainerShims
+        ? ", tainerd with one shim per container"
+        : ", tainerd with its default shared shim"
+    }; ` +
     `${res.elapsedS.toFixed(0)} s in all.`,
     "",
     "Each cell: median (min–max) of n runs, the two daemons interleaved; ratio = tainerd median " +

@@ -22,8 +22,8 @@ export interface Options {
   only?: number[];
   /** Keep the temp dir (logs) after the run. */
   keep: boolean;
-  /** Run tainerd with shared shims (runtime `shim_group = "namespace"`, kept warm 10 s). */
-  sharedShims?: boolean;
+  /** Run tainerd with one shim per container (runtime `shim_group = ""`, containerd's way). */
+  perContainerShims?: boolean;
 }
 
 /** The namespace pulls work in (wiped between repetitions). */
@@ -56,7 +56,9 @@ export class Session {
     this.opts = opts;
     this.dir = dir;
     this.containerd = new BenchDaemon("containerd", `${dir}/c`);
-    this.tainerd = new BenchDaemon("tainerd", `${dir}/t`, { sharedShims: opts.sharedShims });
+    this.tainerd = new BenchDaemon("tainerd", `${dir}/t`, {
+      perContainerShims: opts.perContainerShims,
+    });
   }
 
   /** Creates the temp dir, the rootfs, and starts both daemons. */

@@ -108,27 +108,37 @@ export class CriStreamingRuntime implements StreamingRuntime {
     }
   }
 
+  /**
+   * Attaches as containerd's `ContainerIO.Attach`: the client's stdin goes to the container's
+   * (shared with other attached clients), the output from now on comes back. The attach ends
+   * when the container's output ends (it exited), when the client goes away, or when the
+   * client's stdin ends; then, for a container with `stdin_once` and no terminal, the
+   * container's stdin is closed and the output goes on until the container exits.
+   */
   async attach(containerId: string, io: StreamIO): Promise<void> {
     const c = this.#rt.container(containerId);
     if (c.status.state !== "running" || !c.io) {
       throw failedPrecondition(`Container "${containerId}" is not running`);
     }
     const cio = c.io;
+    // A stream the client did not ask for is dropped, as containerd does.
     const writers = {
       stdout: io.stdout?.getWriter(),
-      stderr: (io.stderr ?? (io.tty ? null : io.stdout))?.getWriter(),
+      stderr: io.tty ? undefined : io.stderr?.getWriter(),
     };
-    if (io.tty) writers.stderr = undefined;
+    // Writes to the client, in order, one at a time (a slow client delays only itself).
+    let chain = Promise.resolve();
     const ended = Promise.withResolvers<void>();
-    let open = (writers.stdout ? 1 : 0) + (writers.stderr ? 1 : 0);
+    let open = (cio.paths.stdout ? 1 : 0) + (cio.paths.stderr ? 1 : 0);
     const stop = cio.onOutput((stream, chunk) => {
-      const w = writers[stream];
-      if (!w) return;
       if (chunk === null) {
         if (--open <= 0) ended.resolve();
         return;
       }
-      w.write(chunk).catch(() => {});
+      const w = writers[stream];
+      if (!w) return;
+      const copy = chunk.slice();
+      chain = chain.then(() => w.write(copy)).catch(() => {});
     });
     const tasks = this.#c.service(Tasks);
     if (io.resize) {
@@ -143,17 +153,26 @@ export class CriStreamingRuntime implements StreamingRuntime {
         }
       })().catch(() => {});
     }
+    const forever = new Promise<void>(() => {});
+    // The container ended: what it wrote last still reaches the client.
+    const exited = c.exited.promise.then(() => within(ended.promise, 2000)).then(() => {});
     const stdinDone = (async () => {
-      if (!io.stdin) return new Promise<void>(() => {});
+      if (!io.stdin) return forever;
       const w = cio.stdin;
-      for await (const chunk of io.stdin) await w?.write(chunk);
-      if (c.config.stdinOnce && w) {
+      try {
+        for await (const chunk of io.stdin) await w?.write(chunk);
+      } catch {
+        return; // the client reset its stdin: it is gone
+      }
+      if (c.config.stdinOnce && !io.tty && w) {
         await w.close().catch(() => {});
         await tasks.closeIO({ containerId: c.meta.id, execId: "", stdin: true }).catch(() => {});
+        return forever;
       }
     })();
     try {
-      await Promise.race([ended.promise, c.exited.promise, stdinDone]);
+      await Promise.race([ended.promise, exited, stdinDone, io.clientGone ?? forever]);
+      await chain;
     } finally {
       stop();
       await writers.stdout?.close().catch(() => {});

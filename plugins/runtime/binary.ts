@@ -36,7 +36,7 @@ export interface RuntimeConfig {
 
 /** The default runtime config: every runc runtime uses tainerd's own shim. */
 export function defaultRuntimeConfig(): RuntimeConfig {
-  return { shims: {}, shim_group: "", shim_idle_timeout: "0s" };
+  return { shims: {}, shim_group: "namespace", shim_idle_timeout: "30s" };
 }
 
 /**

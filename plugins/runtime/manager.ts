@@ -159,6 +159,8 @@ export class RuntimeManager {
   readonly #creating = new Set<string>();
   /** Connections by shim address. */
   readonly #conns = new Map<string, ShimConnection>();
+  /** Shared shims left with no task (kept warm): shut down with the daemon. */
+  readonly #idle = new Set<string>();
 
   constructor(opts: RuntimeManagerOptions) {
     this.#opts = opts;
@@ -224,6 +226,7 @@ export class RuntimeManager {
         shimLog = this.#openShimLog(ns, id, bundle);
       }
       const address = await this.#startShim(binary, ns, id, bundle, opts.runtimeOptions);
+      this.#idle.delete(address);
       shim = await this.#connect(ns, id, bundle, address, binary);
       shim.shimLog = shimLog;
       const req: MessageInitShape<typeof CreateTaskRequestSchema> = {
@@ -263,8 +266,11 @@ export class RuntimeManager {
     const res = await t.task.delete({ id });
     t.closed = true;
     this.#tasks.delete(this.#key(ns, id));
-    // A grouped shim exits only once it serves no container any more.
+    // A grouped shim exits only once it serves no container any more (a shared one may stay
+    // warm for the next container).
     await t.task.shutdown({ id }).catch(() => {});
+    const last = ![...this.#tasks.values()].some((o) => o.address === t.address);
+    if (last && t.binary === null) this.#idle.add(t.address);
     t.close();
     await this.#removeBundle(ns, id);
     return {
@@ -623,8 +629,31 @@ export class RuntimeManager {
     await this.#cleanupDeadShim(binary, ns, id, bundle);
   }
 
-  /** Closes connections to every shim (the shims and their containers keep running). */
-  close(): void {
+  /**
+   * Closes connections to every shim (the shims and their containers keep running); shared
+   * shims kept warm with no container are told to exit now.
+   */
+  async close(): Promise<void> {
+    await Promise.all([...this.#idle].map(async (address) => {
+      if ([...this.#tasks.values()].some((t) => t.address === address)) return;
+      try {
+        const client = await withTimeout(
+          TtrpcClient.connect(address.slice("unix://".length)),
+          1000,
+          "connect to an idle shim",
+        );
+        try {
+          await createTtrpcClient(Task, client).shutdown({ id: "", now: true }, {
+            timeoutMs: 1000,
+          }).catch(() => {});
+        } finally {
+          client.close();
+        }
+      } catch {
+        // Gone already.
+      }
+    }));
+    this.#idle.clear();
     for (const t of this.#tasks.values()) t.close();
     this.#tasks.clear();
     for (const c of this.#conns.values()) c.client.then((client) => client.close(), () => {});

@@ -451,10 +451,13 @@ export class ContainerIO {
     if (this.#copies) throw new Error(`The output of "${this.id}" is already attached`);
     const { stdout, stderr } = this.#set;
     if (!logPath) {
-      const drain = async (s: ReadableStream<Uint8Array> | null) => {
-        if (s) { for await (const _ of s) { /* discarded */ } }
+      // Not logged, but still seen by attached clients.
+      const drain = async (name: "stdout" | "stderr", s: ReadableStream<Uint8Array> | null) => {
+        if (s) { for await (const _ of this.#tap(name, s)) { /* discarded */ } }
       };
-      this.#copies = Promise.all([drain(stdout), drain(stderr)]).then(() => {});
+      this.#copies = Promise.all([drain("stdout", stdout), drain("stderr", stderr)]).then(
+        () => {},
+      );
       return null;
     }
     const log = await CriLogWriter.open(logPath, { maxLineSize });

@@ -216,8 +216,11 @@ export async function serveSpdyRemoteCommand(
   if (opts.stderr && !opts.tty) expected.add("stderr");
   if (opts.tty && version >= 3) expected.add("resize");
   const streams = new Map<string, SpdyStream>();
+  // One iterator for the whole session: it ends when the session does (the client is gone).
+  const it = incoming[Symbol.asyncIterator]();
   const collected = (async () => {
-    for await (const s of incoming) {
+    for (let r = await it.next(); !r.done; r = await it.next()) {
+      const s = r.value;
       const type = s.header("streamtype") ?? "";
       if (!expected.has(type) || streams.has(type)) {
         s.reset();
@@ -241,12 +244,17 @@ export async function serveSpdyRemoteCommand(
   const stdout = sinkFor(streams.get("stdout"));
   const stderr = sinkFor(streams.get("stderr"));
   const resize = streams.get("resize");
+  // Streams opened after the expected ones are refused; the end of them is the session's.
+  const clientGone = (async () => {
+    for (let r = await it.next(); !r.done; r = await it.next()) r.value.reset();
+  })();
   const io: StreamIO = {
     stdin: streams.get("stdin")?.readable ?? null,
     stdout: stdout?.writable() ?? null,
     stderr: stderr?.writable() ?? null,
     tty: opts.tty,
     resize: resize ? parseResizes(iterate(resize.readable)) : null,
+    clientGone,
   };
   const errorStream = streams.get("error")!;
   await runAndReport(run, io, [stdout, stderr], async (status) => {
@@ -335,6 +343,7 @@ export async function serveWebSocketRemoteCommand(
     stderr: stderr?.writable() ?? null,
     tty: opts.tty,
     resize: opts.tty ? parseResizes(iterate(resizeStream)) : null,
+    clientGone: pump,
   };
   await runAndReport(run, io, [stdout, stderr], async (status) => {
     const bytes = encodeStatus(status, jsonStatus);

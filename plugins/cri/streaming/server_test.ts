@@ -620,3 +620,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test("attach: clientGone resolves when the client drops the connection", async () => {
+  const gone = Promise.withResolvers<void>();
+  const attached = Promise.withResolvers<void>();
+  const rt = new HostRuntime();
+  // An attach with output only, that ends only when the client is gone.
+  rt.attach = async (_id, io) => {
+    assert(io.clientGone, "the server tells when the client is gone");
+    attached.resolve();
+    await io.clientGone;
+    gone.resolve();
+  };
+  const server = new StreamingServer({ address: "127.0.0.1", port: 0, runtime: rt });
+  await server.start();
+  try {
+    const url = server.getAttach({
+      containerId: "c1",
+      tty: false,
+      stdin: false,
+      stdout: true,
+      stderr: false,
+    });
+    const c = openWs(url, "v4.channel.k8s.io");
+    await c.opened;
+    await attached.promise;
+    c.ws.close();
+    await c.closed;
+    await gone.promise;
+  } finally {
+    await server.close();
+  }
+});

@@ -407,6 +407,7 @@ export class SpdySession {
   #inflater = new HeaderInflater();
   #deflater = new HeaderDeflater();
   #closed = false;
+  #channelClosed = false;
   #lastStreamId = 0;
   /** Resolves when the read loop has ended. */
   readonly done: Promise<void>;
@@ -557,12 +558,18 @@ export class SpdySession {
     this.#opts.onClose?.(error);
   }
 
-  /** Sends GOAWAY and closes the channel; live streams are reset locally. */
+  /**
+   * Sends GOAWAY (unless the session already ended) and closes the channel; live streams are
+   * reset locally. Also needed after the peer went away: the channel stays open until then.
+   */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    const p = this.#sendControl(TYPE_GOAWAY, 0, concat([u32(this.#lastStreamId), u32(0)]));
-    this.#terminate();
-    await p;
+    if (!this.#closed) {
+      const p = this.#sendControl(TYPE_GOAWAY, 0, concat([u32(this.#lastStreamId), u32(0)]));
+      this.#terminate();
+      await p;
+    }
+    if (this.#channelClosed) return;
+    this.#channelClosed = true;
     this.#channel.close();
   }
 }

@@ -17,6 +17,11 @@ export interface StreamIO {
   tty: boolean;
   /** Terminal size changes from the client (only with `tty` on protocols that carry them). */
   resize: AsyncIterable<{ width: number; height: number }> | null;
+  /**
+   * Resolves when the client's connection is gone (it closed or reset it): nothing written
+   * reaches it any more. An attach ends then; an exec's process runs on, as with kubelet.
+   */
+  clientGone?: Promise<void>;
 }
 
 /** What the streaming server needs from the container runtime. */

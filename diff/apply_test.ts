@@ -18,7 +18,14 @@ import {
   streamOf,
   withTempDir,
 } from "../snapshots/test_helpers.ts";
-import { applyLayer, applyTarToMounts, directTarget } from "./apply.ts";
+import {
+  applyLayer,
+  applyLayerFile,
+  applyLayerInWorker,
+  applyTarToMounts,
+  directTarget,
+  WORKER_MIN_BYTES,
+} from "./apply.ts";
 import { MediaType } from "./compression.ts";
 
 const enc = new TextEncoder();
@@ -306,6 +313,35 @@ Deno.test("applyLayer() onto overlay snapshots writes overlay whiteouts and give
   });
 });
 
+Deno.test("applyLayer() as overlay upper dirs of parentless snapshots, rebased, gives the merged view", async () => {
+  await withTempDir(async (dir) => {
+    const layers = await threeLayers(dir);
+    const root = `${dir}/overlay`;
+    const sn = await OverlaySnapshotter.open(root);
+    try {
+      // Every layer into a snapshot of its own (in reverse, as parallel unpack may), then
+      // committed onto its parent in chain order.
+      for (let i = layers.length - 1; i >= 0; i--) {
+        const mounts = await sn.prepare(`extract-${i}`, "");
+        const r = await applyLayer(streamOf(layers[i]), mounts, { overlayUpper: i > 0 });
+        assert.equal(r.diffID, await sha256sum(layers[i]));
+      }
+      for (let i = 0; i < layers.length; i++) {
+        await sn.commit(`layer-${i}`, `extract-${i}`, i > 0 ? { parent: `layer-${i - 1}` } : {});
+      }
+      await withTempMount(await sn.view("merged", "layer-2"), async (m) => {
+        assert.deepEqual(await describeTree(m), EXPECTED_MERGED);
+      });
+      await assert.rejects(
+        applyLayer(streamOf(layers[1]), await sn.view("ro", "layer-2"), { overlayUpper: true }),
+        (e) => isKind(e, "InvalidArgument"),
+      );
+    } finally {
+      await sn.close();
+    }
+  });
+});
+
 Deno.test("applyLayer() onto native snapshots applies into the bind source", async () => {
   await withTempDir(async (dir) => {
     const layers = await threeLayers(dir);
@@ -371,5 +407,38 @@ Deno.test("applyLayer() handles a layer of 3000 small files and a 20 MB file", a
     const r2 = await applyLayer(streamOf(gz, 100_000), `${dir}/dst`);
     assert.equal(r2.diffID, r1.diffID);
     assert.deepEqual(await describeTree(`${dir}/dst`), await describeTree(`${dir}/src`));
+  });
+});
+
+Deno.test("applyLayerInWorker() applies a large blob in a worker as applyLayerFile() does", async () => {
+  await withTempDir(async (dir) => {
+    Deno.mkdirSync(`${dir}/src/sub`, { recursive: true });
+    Deno.writeFileSync(`${dir}/src/big`, crypto.getRandomValues(new Uint8Array(65536)));
+    const big = Deno.openSync(`${dir}/src/big`, { append: true });
+    for (let i = 0; i < 80; i++) big.writeSync(crypto.getRandomValues(new Uint8Array(65536)));
+    big.close();
+    Deno.writeTextFileSync(`${dir}/src/sub/small`, "small\n");
+    const tar = await gnuTar(`${dir}/src`, `${dir}/layer.tar`);
+    assert.ok(tar.length > WORKER_MIN_BYTES);
+    Deno.mkdirSync(`${dir}/a`);
+    Deno.mkdirSync(`${dir}/b`);
+    const inWorker = await applyLayerInWorker(`${dir}/layer.tar`, `${dir}/a`);
+    const inThread = await applyLayerFile(`${dir}/layer.tar`, `${dir}/b`);
+    assert.deepEqual(inWorker, inThread);
+    assert.equal(inWorker.diffID, await sha256sum(tar));
+    assert.deepEqual(await describeTree(`${dir}/a`), await describeTree(`${dir}/b`));
+    // Errors keep their kind across the worker boundary.
+    const bad = tar.slice();
+    bad.set(enc.encode("garbage header!!"), 0);
+    Deno.writeFileSync(`${dir}/bad.tar`, bad);
+    Deno.mkdirSync(`${dir}/c`);
+    await assert.rejects(
+      applyLayerInWorker(`${dir}/bad.tar`, `${dir}/c`),
+      (e) => isKind(e, "InvalidArgument"),
+    );
+    await assert.rejects(
+      applyLayerInWorker(`${dir}/missing.tar`, `${dir}/c`),
+      (e) => isKind(e, "NotFound"),
+    );
   });
 });

@@ -15,10 +15,15 @@
 
 export {
   applyLayer,
+  applyLayerFile,
+  applyLayerInWorker,
   type ApplyLayerOptions,
   type ApplyLayerResult,
+  type ApplyTargetOptions,
   applyTarToMounts,
   directTarget,
+  OVERLAY_UPPER_PAYLOAD,
+  WORKER_MIN_BYTES,
 } from "./apply.ts";
 export {
   applyTar,

@@ -5,8 +5,10 @@
  * label parents with their children (`containerd.io/gc.ref.content.*`) and every blob with
  * where it came from (`containerd.io/distribution.source.<host>`), then point the image at
  * the root descriptor — and optionally unpack it into a snapshotter. Unpacking overlaps the
- * download: layer i is applied as soon as it is fetched and layers 0..i-1 are committed
- * (applies stay in chain order), while later layers keep downloading.
+ * download: layer i is applied as soon as it is fetched — where the snapshotter can rebase
+ * (overlayfs), into a snapshot of its own while lower layers are still being applied, else
+ * once layers 0..i-1 are committed (see {@link applyLayers}); commits stay in chain order —
+ * while later layers keep downloading.
  *
  * ```ts
  * import { pull } from "./images/pull.ts";
@@ -51,12 +53,13 @@ import {
   Semaphore,
 } from "./registry_options.ts";
 import {
-  applyLayer,
+  applyLayers,
   DEFAULT_SNAPSHOTTER,
   finishUnpack,
   imageRootfs,
   layersToApply,
   unpack,
+  type UnpackOptions,
   type UnpackResult,
 } from "./unpack.ts";
 import type { ResolvedManifest } from "./image.ts";
@@ -72,10 +75,11 @@ export interface PullOptions extends RegistryOptions {
   allPlatforms?: boolean;
   /**
    * Unpack the pulled platform(s) (default false, as containerd's client): `true` into
-   * `snapshotter`, or `{ snapshotter }`. The image record is only written once every layer is
-   * unpacked.
+   * `snapshotter`, or `{ snapshotter, concurrency }` (`concurrency`: layers applied at once
+   * where the snapshotter can rebase, see {@link UnpackOptions.concurrency}). The image record
+   * is only written once every layer is unpacked.
    */
-  unpack?: boolean | { snapshotter?: string };
+  unpack?: boolean | Pick<UnpackOptions, "snapshotter" | "concurrency">;
   /** The snapshotter to unpack into (default `overlayfs`). */
   snapshotter?: string;
   /** Blobs downloaded at once (default 3). */
@@ -345,8 +349,8 @@ class Puller {
   }
 
   /**
-   * Unpacks `manifest` as its blobs arrive: layer i once it is stored and layers 0..i-1 are
-   * committed. Resolves to undefined when its config names another platform (the pull then
+   * Unpacks `manifest` as its blobs arrive ({@link applyLayers}: layer i once it is stored,
+   * committed once layers 0..i-1 are). Resolves to undefined when its config names another platform (the pull then
    * unpacks as {@link unpack} would, after the download).
    */
   async #unpack(manifest: Descriptor, snapshotter: string) {
@@ -360,15 +364,12 @@ class Puller {
       if (isNotFound(err)) return undefined;
       throw err;
     }
-    let applied = 0;
-    for (const l of layersToApply(root)) {
-      await this.handle(l.layer);
-      const now = await applyLayer(this.client, snapshotter, l, {
-        onProgress: this.opts.onProgress,
-        signal,
-      });
-      if (now) applied++;
-    }
+    const applied = await applyLayers(this.client, snapshotter, layersToApply(root), {
+      concurrency: unpackConcurrencyOf(this.opts),
+      ready: (l) => this.handle(l.layer),
+      onProgress: this.opts.onProgress,
+      signal,
+    });
     return { root, applied };
   }
 
@@ -463,6 +464,7 @@ export async function pull(
           unpacked.push(
             await unpack(leased, target, {
               snapshotter,
+              concurrency: unpackConcurrencyOf(opts),
               platform,
               onProgress: opts.onProgress,
               signal: opts.signal,
@@ -487,6 +489,10 @@ export async function pull(
 function snapshotterOf(opts: PullOptions): string {
   return (typeof opts.unpack === "object" ? opts.unpack.snapshotter : undefined) ??
     opts.snapshotter ?? DEFAULT_SNAPSHOTTER;
+}
+
+function unpackConcurrencyOf(opts: PullOptions): number | undefined {
+  return typeof opts.unpack === "object" ? opts.unpack.concurrency : undefined;
 }
 
 function stripPlatform(desc: Descriptor): Descriptor {

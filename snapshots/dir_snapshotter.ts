@@ -19,10 +19,12 @@ import {
   failedPrecondition,
   invalidArgument,
   notFound,
+  notImplemented,
 } from "../plugins/errdefs.ts";
 import { mountinfo } from "../sys/mountinfo.ts";
 import {
   checkedLabels,
+  type CommitOptions,
   type Info,
   type Kind,
   type Mount,
@@ -111,6 +113,14 @@ export abstract class DirSnapshotter implements Snapshotter {
 
   /** The mounts of an active snapshot or view. */
   protected abstract mountsOf(s: Snapshot): Mount[];
+
+  /**
+   * Whether a parentless active snapshot can be committed onto a parent (its directory holds
+   * only its own changes, as an overlay upper dir): see {@link CommitOptions.parent}.
+   */
+  get canRebase(): boolean {
+    return false;
+  }
 
   /** Whether a snapshot of `kind` over `parent` gets a directory of its own. */
   protected needsDirectory(_kind: Kind, _parent: string): boolean {
@@ -247,12 +257,20 @@ export abstract class DirSnapshotter implements Snapshotter {
   }
 
   /** See {@link Snapshotter.commit}. */
-  async commit(name: string, key: string, options: SnapshotOptions = {}): Promise<void> {
+  async commit(name: string, key: string, options: CommitOptions = {}): Promise<void> {
     this.#check();
     validateKey(name, "name");
     validateKey(key);
     const labels = checkedLabels(options.labels);
+    const parent = options.parent ?? "";
+    if (parent !== "") validateKey(parent, "parent");
     const { id, info } = this.ms.getInfo(key);
+    if (parent !== "" && info.parent !== parent && !this.canRebase) {
+      throw notImplemented(
+        `Cannot commit snapshot "${key}" onto "${parent}": this snapshotter cannot rebase ` +
+          `snapshots`,
+      );
+    }
     let usage: Usage = { size: 0, inodes: 0 };
     if (info.kind === "active") usage = await diskUsage(this.usagePath(id));
     this.#check();
@@ -261,7 +279,7 @@ export abstract class DirSnapshotter implements Snapshotter {
       if (current.id !== id) {
         throw aborted(`Cannot commit snapshot "${key}": it was replaced during the commit`);
       }
-      this.ms.commitActive(key, name, usage, labels);
+      this.ms.commitActive(key, name, usage, labels, parent);
     }, true);
   }
 

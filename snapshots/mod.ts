@@ -16,10 +16,12 @@
 
 export {
   checkedLabels,
+  type CommitOptions,
   type Info,
   type Kind,
   MAX_KEY_BYTES,
   type Mount,
+  REBASE_CAPABILITY,
   type SnapshotOptions,
   type Snapshotter,
   type Usage,

@@ -111,6 +111,11 @@ export class OverlaySnapshotter extends DirSnapshotter {
     return `${this.snapshotDir(id)}/work`;
   }
 
+  /** An upper dir holds only its snapshot's changes: a parentless one can be rebased. */
+  override get canRebase(): boolean {
+    return true;
+  }
+
   protected override usagePath(id: string): string {
     return this.upperPath(id);
   }

@@ -52,6 +52,26 @@ export interface SnapshotOptions {
   labels?: Record<string, string>;
 }
 
+/** Options of {@link Snapshotter.commit}. */
+export interface CommitOptions extends SnapshotOptions {
+  /**
+   * The committed snapshot to commit onto when it is not the one `key` was prepared on (a
+   * "rebase", as containerd 2.1's `snapshots.WithParent` on commit): only an active snapshot
+   * prepared without a parent can be rebased, and only by a snapshotter that has the
+   * {@link REBASE_CAPABILITY} (overlayfs: an upper dir is self-contained, so only the
+   * metadata's parent changes). The same parent as at prepare is accepted by every
+   * snapshotter.
+   */
+  parent?: string;
+}
+
+/**
+ * The plugin capability of snapshotters that can commit a parentless active snapshot onto a
+ * parent ({@link CommitOptions.parent}), as containerd 2.1's `rebase`: image layers can then be
+ * unpacked in parallel, each into its own snapshot.
+ */
+export const REBASE_CAPABILITY = "rebase";
+
 /** The callback of {@link Snapshotter.walk}. */
 export type WalkFn = (info: Info) => void | Promise<void>;
 
@@ -104,12 +124,14 @@ export interface Snapshotter {
   /**
    * Commits the active snapshot `key` as `name`: `key` goes away, `name` keeps its contents
    * and its place in the chain and can be used as a parent. Labels of the committed snapshot
-   * come from `options` only.
+   * come from `options` only; `options.parent` rebases (see {@link CommitOptions.parent}).
    *
-   * @throws {TainerdError} AlreadyExists for a used name; NotFound for a missing key;
-   *   FailedPrecondition when `key` is not active
+   * @throws {TainerdError} AlreadyExists for a used name; NotFound for a missing key or
+   *   parent; FailedPrecondition when `key` is not active; InvalidArgument for a parent that
+   *   is not committed or a snapshot that has another parent; NotImplemented for a rebase the
+   *   snapshotter cannot do
    */
-  commit(name: string, key: string, options?: SnapshotOptions): Promise<void>;
+  commit(name: string, key: string, options?: CommitOptions): Promise<void>;
 
   /**
    * Removes a snapshot and its data.

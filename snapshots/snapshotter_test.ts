@@ -396,3 +396,53 @@ Deno.test("NativeSnapshotter: mounts are containerd's and copies are exact", asy
     }
   });
 });
+
+Deno.test("OverlaySnapshotter.commit() rebases a parentless snapshot onto a parent", async () => {
+  await withTempDir(async (dir) => {
+    const root = `${dir}/root`;
+    const sn = await OverlaySnapshotter.open(root);
+    try {
+      await sn.prepare("a", "");
+      await sn.commit("c1", "a");
+      // Prepared before its parent existed: a bind mount of its own upper dir.
+      const [m] = await sn.prepare("b", "");
+      assert.equal(m.type, "bind");
+      Deno.writeTextFileSync(`${m.source}/top`, "top\n");
+      await sn.commit("c2", "b", { parent: "c1", labels: { x: "y" } });
+      const info = await sn.stat("c2");
+      assert.equal(info.parent, "c1");
+      assert.deepEqual(info.labels, { x: "y" });
+      const [v] = await sn.view("v", "c2");
+      assert.equal(v.type, "overlay");
+      assert.match(v.options!.join(","), /lowerdir=.*\/snapshots\/\d+\/fs:.*\/snapshots\/1\/fs/);
+      await rejectsKind(sn.remove("c1"), "FailedPrecondition");
+      // Only a parentless snapshot is rebased, onto a committed one.
+      await sn.prepare("d", "c1");
+      await rejectsKind(sn.commit("c3", "d", { parent: "c2" }), "InvalidArgument");
+      await sn.commit("c3", "d", { parent: "c1" });
+      await sn.prepare("e", "");
+      await rejectsKind(sn.commit("c4", "e", { parent: "d" }), "NotFound");
+      await rejectsKind(sn.commit("c4", "e", { parent: "v" }), "InvalidArgument");
+      assert.equal((await sn.stat("e")).kind, "active");
+    } finally {
+      await sn.close();
+    }
+  });
+});
+
+Deno.test("NativeSnapshotter.commit() cannot rebase", async () => {
+  await withTempDir(async (dir) => {
+    const sn = await NativeSnapshotter.open(`${dir}/root`);
+    try {
+      await sn.prepare("a", "");
+      await sn.commit("c1", "a");
+      await sn.prepare("b", "");
+      await rejectsKind(sn.commit("c2", "b", { parent: "c1" }), "NotImplemented");
+      await sn.prepare("d", "c1");
+      await sn.commit("c3", "d", { parent: "c1" });
+      assert.equal((await sn.stat("c3")).parent, "c1");
+    } finally {
+      await sn.close();
+    }
+  });
+});

@@ -337,17 +337,21 @@ export class MetaStore {
   /**
    * Commits the active snapshot `key` as `name`, keeping its id, as containerd's
    * `storage.CommitActive`. The committed snapshot's labels are `labels`; `created` and
-   * `updated` become now; `usage` is recorded.
+   * `updated` become now; `usage` is recorded. A `parent` (committed) becomes its parent: the
+   * one it was prepared on, or any when it was prepared without one (a rebase; whether the
+   * data allows it is the snapshotter's to decide).
    *
    * @returns the id
-   * @throws {TainerdError} AlreadyExists for a used name; NotFound for a missing key;
-   *   FailedPrecondition when `key` is not active
+   * @throws {TainerdError} AlreadyExists for a used name; NotFound for a missing key or
+   *   parent; FailedPrecondition when `key` is not active; InvalidArgument for a parent that is
+   *   not committed or when `key` was prepared on another parent
    */
   commitActive(
     key: string,
     name: string,
     usage: Usage,
     labels: Record<string, string> = {},
+    parent?: string,
   ): string {
     return this.transaction(() => {
       if (this.#row(name)) throw alreadyExists(`Snapshot "${name}" already exists`);
@@ -358,16 +362,35 @@ export class MetaStore {
           `Cannot commit snapshot "${key}": it is a ${row.kind}, not active`,
         );
       }
+      let parentId = row.parent_id;
+      if (parent !== undefined && parent !== "") {
+        const p = this.#row(parent);
+        if (!p) {
+          throw notFound(`Cannot commit snapshot "${key}": parent "${parent}" does not exist`);
+        }
+        if (p.kind !== "committed") {
+          throw invalidArgument(
+            `Cannot commit snapshot "${key}": parent "${parent}" is not a committed snapshot`,
+          );
+        }
+        if (row.parent_id !== null && row.parent_id !== p.id) {
+          throw invalidArgument(
+            `Cannot commit snapshot "${key}" onto "${parent}": it was prepared on another parent`,
+          );
+        }
+        parentId = p.id;
+      }
       const now = Date.now();
       this.#run(
         `UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?, updated = ?,
-           size = ?, inodes = ? WHERE id = ?`,
+           size = ?, inodes = ?, parent_id = ? WHERE id = ?`,
         name,
         JSON.stringify(labels),
         now,
         now,
         usage.size,
         usage.inodes,
+        parentId,
         row.id,
       );
       return String(row.id);

@@ -16,7 +16,13 @@
  * @module
  */
 
-import { applyLayer, type Compression, diffMounts, MediaType } from "../../diff/mod.ts";
+import {
+  applyLayerInWorker,
+  type Compression,
+  diffMounts,
+  MediaType,
+  OVERLAY_UPPER_PAYLOAD,
+} from "../../diff/mod.ts";
 import type { Mount } from "../../sys/mount.ts";
 import { invalidArgument, isAlreadyExists, isKind, notImplemented } from "../errdefs.ts";
 import type { MetadataContentStore } from "../metadata/content.ts";
@@ -36,7 +42,10 @@ export interface Descriptor {
 
 /** Options of {@link Differ.apply}. */
 export interface ApplyOptions {
-  /** Stream processor payloads by media type (containerd's; no processors are built in). */
+  /**
+   * Stream processor payloads by media type (containerd's; no processors are built in), and
+   * {@link OVERLAY_UPPER_PAYLOAD}: the single bind mount is an overlay upper dir.
+   */
   payloads?: Record<string, unknown>;
   /** Stops the application. */
   signal?: AbortSignal;
@@ -108,10 +117,13 @@ export class WalkingDiffer implements Differ {
     if (!desc || !desc.digest) throw invalidArgument("The layer to apply has no digest");
     if (mounts.length === 0) throw invalidArgument("There are no mounts to apply the layer to");
     const t0 = performance.now();
-    const blob = await this.#content().read(scope.namespace, desc.digest);
-    const result = await applyLayer(blob, mounts, {
+    const content = this.#content();
+    // The namespace must have the blob; the worker reads its file.
+    content.info(scope.namespace, desc.digest);
+    const result = await applyLayerInWorker(content.backend.blobPath(desc.digest), mounts, {
       mediaType: desc.mediaType || undefined,
       signal: opts.signal,
+      overlayUpper: opts.payloads?.[OVERLAY_UPPER_PAYLOAD] !== undefined,
     });
     this.#log?.debug("diff applied", {
       d: `${(performance.now() - t0).toFixed(1)}ms`,

@@ -39,6 +39,7 @@ import {
 import { objectAdaptor, parseAll } from "../filters/mod.ts";
 import { validateIdentifier, validateLabels } from "../identifiers.ts";
 import type {
+  CommitOptions,
   Info,
   Mount,
   SnapshotOptions,
@@ -739,35 +740,54 @@ export class MetadataSnapshotter {
 
   /**
    * Commits the active snapshot `key` as `name` (labels from `options` only); `key` goes
-   * away. AlreadyExists when the namespace has `name`.
+   * away. AlreadyExists when the namespace has `name`. `options.parent` commits a snapshot
+   * prepared without a parent onto that (committed) parent, when the snapshotter can rebase
+   * (see {@link CommitOptions.parent}).
    */
   async commit(
     scope: Scope,
     name: string,
     key: string,
-    options: SnapshotOptions = {},
+    options: CommitOptions = {},
   ): Promise<void> {
     const { namespace } = scope;
     this.#check(namespace, key);
     validateKey(name, "name");
     const labels = checkLabels(options.labels);
+    const parent = options.parent ?? "";
+    if (parent !== "") validateKey(parent, "parent");
     const context = `${this.#context("commit", key, namespace)} as ${quote(name)}`;
     await this.#lock.read(async () => {
       const pendingId = `${namespace}\u0000${name}`;
-      const { bkey, nameKey } = this.#db.transaction(() => {
+      const { bkey, nameKey, bparent } = this.#db.transaction(() => {
         if (this.#row(namespace, name) || this.#pending.has(pendingId)) {
           throw alreadyExists(`${context}: snapshot ${quote(name)} already exists`);
         }
         const row = this.#row(namespace, key);
         if (!row) throw notFound(`${context}: snapshot ${quote(key)} does not exist`);
+        let bparent: string | undefined;
+        if (parent !== "") {
+          const p = this.#row(namespace, parent);
+          if (!p) throw notFound(`${context}: parent snapshot ${quote(parent)} does not exist`);
+          if (row.parent !== "" && row.parent !== parent) {
+            throw invalidArgument(
+              `${context}: it was prepared on ${quote(row.parent)}, not ${quote(parent)}`,
+            );
+          }
+          bparent = p.backend_key;
+        }
         this.#requireLease(scope);
-        return { bkey: row.backend_key, nameKey: this.#backendKey(namespace, name) };
+        return { bkey: row.backend_key, nameKey: this.#backendKey(namespace, name), bparent };
       });
       this.#pending.add(pendingId);
       try {
         await this.#backend(
-          () => this.backend.commit(nameKey, bkey, { labels: inheritedLabels(labels) }),
-          { [bkey]: key, [nameKey]: name },
+          () =>
+            this.backend.commit(nameKey, bkey, {
+              labels: inheritedLabels(labels),
+              ...(bparent !== undefined ? { parent: bparent } : {}),
+            }),
+          { [bkey]: key, [nameKey]: name, ...(bparent !== undefined ? { [bparent]: parent } : {}) },
         );
         try {
           this.#db.transaction(() => {
@@ -778,6 +798,9 @@ export class MetadataSnapshotter {
             if (this.#row(namespace, name)) {
               throw alreadyExists(`${context}: snapshot ${quote(name)} already exists`);
             }
+            if (parent !== "" && this.#row(namespace, parent)?.backend_key !== bparent) {
+              throw notFound(`${context}: parent ${quote(parent)} was removed during the commit`);
+            }
             const now = nowMs();
             this.#db.run(
               `INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent,
@@ -786,7 +809,7 @@ export class MetadataSnapshotter {
               this.name,
               name,
               nameKey,
-              row.parent,
+              parent !== "" ? parent : row.parent,
               now,
               now,
             );

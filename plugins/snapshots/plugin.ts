@@ -16,7 +16,12 @@ import {
 } from "../../api/gen/containerd/events/snapshot_pb.ts";
 import { Snapshots } from "../../api/gen/containerd/services/snapshots/v1/snapshots_pb.ts";
 import type { GrpcService } from "../../server/service.ts";
-import { NativeSnapshotter, OverlaySnapshotter, type Snapshotter } from "../../snapshots/mod.ts";
+import {
+  NativeSnapshotter,
+  OverlaySnapshotter,
+  REBASE_CAPABILITY,
+  type Snapshotter,
+} from "../../snapshots/mod.ts";
 import { isKind } from "../errdefs.ts";
 import { exchangePlugin } from "../events/plugin.ts";
 import { leaseManagerPlugin } from "../leases/plugin.ts";
@@ -56,6 +61,7 @@ export const overlayfsPlugin: Registration<Snapshotter, OverlayConfig> = {
   config: () => ({ root_path: "", sync_remove: false }),
   init: async (ic) => {
     const root = rootOf(ic);
+    ic.meta.capabilities.push(REBASE_CAPABILITY);
     try {
       return await OverlaySnapshotter.open(root, { asyncRemove: !ic.config.sync_remove });
     } catch (err) {

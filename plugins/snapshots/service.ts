@@ -104,6 +104,7 @@ export function snapshotsServiceImpl(
       const scope = scopeOf(ctx);
       await pick(scope.namespace, req.snapshotter).commit(scope, req.name, req.key, {
         labels: req.labels,
+        parent: req.parent,
       });
       return {};
     },

@@ -754,22 +754,66 @@ export function waitpid(pid: number, options = 0): WaitResult {
   return decodeWaitStatus(r, buf[0]);
 }
 
+/** Pending {@linkcode waitpidAsync} calls, checked on every SIGCHLD. */
+const pidWaiters = new Map<
+  number,
+  { options: number; resolve: (r: WaitResult) => void; reject: (e: unknown) => void }[]
+>();
+let pidTimer: ReturnType<typeof setInterval> | undefined;
+let sigchldListening = false;
+
+function checkPidWaiters(): void {
+  for (const [pid, waiters] of [...pidWaiters]) {
+    const still = waiters.filter((w) => {
+      try {
+        const r = waitpid(pid, w.options | WNOHANG);
+        if (r.pid === 0) return true;
+        w.resolve(r);
+      } catch (err) {
+        if (isErrno(err, "EINTR")) return true;
+        w.reject(err);
+      }
+      return false;
+    });
+    if (still.length === 0) pidWaiters.delete(pid);
+    else pidWaiters.set(pid, still);
+  }
+  if (pidWaiters.size === 0 && pidTimer !== undefined) {
+    clearInterval(pidTimer);
+    pidTimer = undefined;
+  }
+}
+
 /**
- * waitpid(2) on Deno's FFI thread pool (a `nonblocking` symbol), so that waiting does not block
- * the event loop. One pool thread is held until the child changes state. When the pooled call
- * fails (its errno is lost on that thread), the call is repeated with `WNOHANG` on this thread
- * to learn the error; an interrupted wait is resumed.
+ * Waits for a child to change state without blocking the event loop or holding a thread:
+ * every SIGCHLD (and, as a safety net, every 500 ms) the waited pids are checked with
+ * `WNOHANG`. Only the given pid is reaped, never `Deno.Command` children. (A blocking
+ * waitpid on Deno's FFI pool would hold one of its 32 threads per process: a shim with many
+ * containers ran out of them.)
  *
  * @throws {SysError} ECHILD when `pid` is not a child of this process
  */
-export async function waitpidAsync(pid: number, options = 0): Promise<WaitResult> {
-  for (;;) {
-    const buf = new Int32Array(1);
-    const r = await libc().waitpid_nb(pid, buf, options);
-    if (r !== -1) return decodeWaitStatus(r, buf[0]);
-    const again = waitpid(pid, options | WNOHANG); // throws with the real errno
-    if (again.pid !== 0 || (options & WNOHANG) !== 0) return again;
+export function waitpidAsync(pid: number, options = 0): Promise<WaitResult> {
+  let now: WaitResult;
+  try {
+    now = waitpid(pid, options | WNOHANG); // ECHILD at once
+  } catch (err) {
+    return Promise.reject(err);
   }
+  if (now.pid !== 0 || (options & WNOHANG) !== 0) return Promise.resolve(now);
+  if (!sigchldListening) {
+    sigchldListening = true;
+    Deno.addSignalListener("SIGCHLD", checkPidWaiters);
+  }
+  return new Promise((resolve, reject) => {
+    const list = pidWaiters.get(pid) ?? [];
+    list.push({ options, resolve, reject });
+    pidWaiters.set(pid, list);
+    // The timer also keeps the event loop alive while a wait is pending.
+    if (pidTimer === undefined) pidTimer = setInterval(checkPidWaiters, 500);
+    // The child may have changed state between the first check and the registration.
+    queueMicrotask(checkPidWaiters);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -866,31 +910,113 @@ export interface PollRequest {
   events: number;
 }
 
+/** A pending {@linkcode pollAsync} wait. */
+interface PollWait {
+  requests: readonly PollRequest[];
+  /** When it times out (`Infinity`: never). */
+  deadline: number;
+  resolve: (revents: number[]) => void;
+  reject: (err: unknown) => void;
+}
+
+const pollWaits = new Set<PollWait>();
+let pollWake = -1;
+let pollRunning = false;
+
+function wakePoller(): void {
+  if (pollWake < 0) return;
+  try {
+    libc().write(pollWake, EVENTFD_ONE, 8n);
+  } catch { /* already signalled */ }
+}
+
+const EVENTFD_ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+const EVENTFD_BUF = new Uint8Array(8);
+
 /**
- * poll(2) on Deno's FFI thread pool: resolves with the `revents` of each request once any is
- * ready or `timeoutMs` (-1: never) passed. A pool thread is held while waiting, so give every
- * wait a way to end (a timeout, or an eventfd to signal). The fds must stay open until the
- * promise settles. A failed pooled call is repeated with a zero timeout on this thread to
- * learn its errno; an interrupted one is resumed.
+ * The one poller of the process: a single poll(2) on Deno's FFI thread pool over every
+ * pending wait's fds plus an eventfd that new waits signal, so any number of waits hold one
+ * pool thread (the pool has 32; a blocking call per wait exhausted it).
  */
-export async function pollAsync(
+async function runPoller(): Promise<void> {
+  if (pollRunning) return;
+  pollRunning = true;
+  try {
+    if (pollWake < 0) pollWake = check(libc().eventfd(0, EFD_FLAGS), "eventfd");
+    while (pollWaits.size > 0) {
+      const waits = [...pollWaits];
+      const n = 1 + waits.reduce((a, w) => a + w.requests.length, 0);
+      const buf = new Uint8Array(8 * n);
+      const view = new DataView(buf.buffer);
+      view.setInt32(0, pollWake, true);
+      view.setInt16(4, POLLIN, true);
+      let i = 1;
+      for (const w of waits) {
+        for (const r of w.requests) {
+          view.setInt32(i * 8, r.fd, true);
+          view.setInt16(i * 8 + 4, r.events, true);
+          i++;
+        }
+      }
+      const now = Date.now();
+      const next = Math.min(...waits.map((w) => w.deadline));
+      const timeout = next === Infinity ? -1 : Math.max(0, Math.min(next - now, 2 ** 31 - 1));
+      const r = await libc().poll_nb(buf, BigInt(n), timeout);
+      if (r === -1) {
+        // errno is lost on the pool thread: learn it here (EINTR: just go round again).
+        try {
+          check(libc().poll(buf, BigInt(n), 0), "poll");
+        } catch (err) {
+          if (!isErrno(err, "EINTR")) {
+            for (const w of waits) {
+              pollWaits.delete(w);
+              w.reject(err);
+            }
+          }
+          continue;
+        }
+      }
+      if (view.getUint16(6, true) !== 0) libc().read(pollWake, EVENTFD_BUF, 8n);
+      const after = Date.now();
+      i = 1;
+      for (const w of waits) {
+        const revents = w.requests.map((_, k) => view.getUint16((i + k) * 8 + 6, true));
+        i += w.requests.length;
+        if (revents.some((e) => e !== 0) || after >= w.deadline) {
+          pollWaits.delete(w);
+          w.resolve(revents);
+        }
+      }
+    }
+  } finally {
+    pollRunning = false;
+  }
+  if (pollWaits.size > 0) runPoller();
+}
+
+/**
+ * poll(2) without blocking the event loop: resolves with the `revents` of each request once
+ * any is ready or `timeoutMs` (-1: never) passed. Every pending wait of the process shares
+ * one poll on one FFI pool thread (see {@linkcode runPoller}). The fds must stay open until
+ * the promise settles; give every wait a way to end (a timeout, or an eventfd to signal).
+ */
+export function pollAsync(
   requests: readonly PollRequest[],
   timeoutMs = -1,
 ): Promise<number[]> {
-  // struct pollfd { int fd; short events; short revents; }
-  const buf = new Uint8Array(8 * requests.length);
-  const view = new DataView(buf.buffer);
-  requests.forEach((r, i) => {
-    view.setInt32(i * 8, r.fd, true);
-    view.setInt16(i * 8 + 4, r.events, true);
+  return new Promise((resolve, reject) => {
+    pollWaits.add({
+      requests,
+      deadline: timeoutMs < 0 ? Infinity : Date.now() + timeoutMs,
+      resolve,
+      reject,
+    });
+    if (pollRunning) wakePoller();
+    else {runPoller().catch((err) => {
+        for (const w of pollWaits) w.reject(err);
+        pollWaits.clear();
+      });}
   });
-  const revents = () => requests.map((_, i) => view.getUint16(i * 8 + 6, true));
-  for (;;) {
-    const r = await libc().poll_nb(buf, BigInt(requests.length), timeoutMs);
-    if (r !== -1) return revents();
-    check(libc().poll(buf, BigInt(requests.length), 0), "poll");
-    if (revents().some((e) => e !== 0)) return revents();
-  }
 }
 
 /** `EFD_NONBLOCK | EFD_CLOEXEC` */

@@ -89,12 +89,12 @@ Deno.test("the default: one shared shim, warm after its last container, ended by
     assert.deepEqual(await shimPids(d), shims, "warm after its last container");
     const pid = shims[0];
     await d.stop();
-    await waitFor(async () => {
+    await waitFor(() => {
       try {
         Deno.kill(pid, "SIGCONT"); // signal 0 is not offered; SIGCONT is harmless
-        return false;
+        return Promise.resolve(false);
       } catch {
-        return true;
+        return Promise.resolve(true);
       }
     }, "the idle shim to exit with the daemon");
     await d.start();

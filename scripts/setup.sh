@@ -68,6 +68,21 @@ if [ ! -x /usr/local/bin/crictl ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$CRI_TO
     echo "setup.sh: no Go toolchain: crictl not built, the CRI tests will be skipped" >&2
   fi
 fi
+# critest (cri-tools' CRI validation suite, run by `deno task critest`): a Go test binary, so
+# `go install` refuses it; `go test -c` builds it from a throwaway module requiring cri-tools.
+CRITEST_STAMP=/var/cache/tainerd/critest.version
+if [ ! -x /usr/local/bin/critest ] || [ "$(cat "$CRITEST_STAMP" 2>/dev/null)" != "$CRI_TOOLS_VERSION" ]; then
+  if [ -x "$GO" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && printf 'module critestbuild\n\ngo 1.24\n' >go.mod &&
+      "$GO" get -t "sigs.k8s.io/cri-tools/cmd/critest@$CRI_TOOLS_VERSION" >/dev/null 2>&1 &&
+      "$GO" test -c -o /usr/local/bin/critest sigs.k8s.io/cri-tools/cmd/critest)
+    rm -rf "$tmp"
+    mkdir -p /var/cache/tainerd && echo "$CRI_TOOLS_VERSION" >"$CRITEST_STAMP"
+  else
+    echo "setup.sh: no Go toolchain: critest not built, the critest smoke test will be skipped" >&2
+  fi
+fi
 if [ -x "$GO" ]; then
   (cd /tmp && "$GO" mod download "k8s.io/cri-api@v0.37.0" >/dev/null 2>&1) || true
 fi

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { have, run, type RunResult, type TestDaemon } from "./harness.ts";
+import { have, run, type RunResult, type TestDaemon, withDaemon } from "./harness.ts";
 
 /** Whether Debian's CNI plugins are installed. */
 export const HAVE_CNI: boolean = (() => {
@@ -151,4 +151,28 @@ export async function withNet(fn: (net: TestNet, dir: string) => Promise<void>):
     await run("ip", ["link", "del", net.bridge]);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
+}
+
+/** Removes every pod (and so every container) of the daemon, ignoring failures. */
+export async function removeAllPods(d: TestDaemon): Promise<void> {
+  await crictl(d, ["rmp", "-fa"]).catch(() => {});
+  const left = await crictl(d, ["pods", "-q"]).catch(() => undefined);
+  for (const id of left?.stdout.trim().split("\n").filter((x) => x) ?? []) {
+    await crictl(d, ["rmp", "-f", id]).catch(() => {});
+  }
+}
+
+/**
+ * Runs `fn` with a daemon serving the CRI on `net`; whatever happens, every pod is removed
+ * before the daemon stops (pods outlive a daemon, as in containerd: a failed test must not
+ * leave pause processes, netns and shm mounts behind).
+ */
+export function withCriDaemon(net: TestNet, fn: (d: TestDaemon) => Promise<void>): Promise<void> {
+  return withDaemon(async (d) => {
+    try {
+      await fn(d);
+    } finally {
+      await removeAllPods(d);
+    }
+  }, { config: criConfig(net) });
 }

@@ -23,16 +23,16 @@
 
 import assert from "node:assert/strict";
 import { withRegistryImage } from "../images/testdata/busybox_image.ts";
-import { curlJson, delay, have, run, type TestDaemon, waitFor, withDaemon } from "./harness.ts";
+import { curlJson, delay, have, run, type TestDaemon, waitFor } from "./harness.ts";
 import {
   containerConfig,
-  criConfig,
   crictl,
   crictlArgs,
   criMissing,
   mountsUnder,
   ok,
   podConfig,
+  withCriDaemon,
   withNet,
   writeJson,
 } from "./cri_harness.ts";
@@ -178,7 +178,7 @@ Deno.test({
   fn: (t) =>
     withRegistryImage(({ ref }) =>
       withNet((net, dir) =>
-        withDaemon(async (d) => {
+        withCriDaemon(net, async (d) => {
           const live = new Set<LiveCrictl>();
           const spawn = (args: string[]) => {
             const c = new LiveCrictl(d, args);
@@ -553,7 +553,7 @@ Deno.test({
               await crictl(d, ["rmp", "-f", podId]);
             }
           }
-        }, { config: criConfig(net) })
+        })
       )
     ),
 });

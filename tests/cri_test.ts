@@ -10,7 +10,7 @@
 
 import assert from "node:assert/strict";
 import { withRegistryImage } from "../images/testdata/busybox_image.ts";
-import { curlJson, run, waitFor, withDaemon } from "./harness.ts";
+import { curlJson, run, waitFor } from "./harness.ts";
 import {
   bridgeLinks,
   containerConfig,
@@ -20,6 +20,7 @@ import {
   mountsUnder,
   ok,
   podConfig,
+  withCriDaemon,
   withNet,
   writeJson,
 } from "./cri_harness.ts";
@@ -32,7 +33,7 @@ Deno.test({
   fn: () =>
     withRegistryImage(({ ref }) =>
       withNet((net, dir) =>
-        withDaemon(async (d) => {
+        withCriDaemon(net, async (d) => {
           const version = await ok(d, ["version"]);
           assert.match(version, /RuntimeName:\s+tainerd/);
           assert.match(version, /RuntimeApiVersion:\s+v1/);
@@ -180,7 +181,7 @@ Deno.test({
           assert.deepEqual(await mountsUnder(d.dir + "/"), [], "no mount left");
           await ok(d, ["rmi", ref]);
           assert.doesNotMatch(await ok(d, ["images"]), /test\/busybox/);
-        }, { config: criConfig(net) })
+        })
       )
     ),
 });
@@ -191,7 +192,7 @@ Deno.test({
   fn: () =>
     withRegistryImage(({ ref }) =>
       withNet((net, dir) =>
-        withDaemon(async (d) => {
+        withCriDaemon(net, async (d) => {
           const config = criConfig(net);
           await ok(d, ["pull", ref]);
           const podJson = await writeJson(`${dir}/pod.json`, podConfig("survivor", dir));
@@ -228,7 +229,7 @@ Deno.test({
           await ok(d, ["rmp", podId]);
           assert.equal(await ok(d, ["pods", "-q"]), "");
           assert.deepEqual(await mountsUnder(d.dir + "/"), []);
-        }, { config: criConfig(net) })
+        })
       )
     ),
 });
@@ -239,7 +240,7 @@ Deno.test({
   fn: () =>
     withRegistryImage(({ ref, registry }) =>
       withNet((net, dir) =>
-        withDaemon(async (d) => {
+        withCriDaemon(net, async (d) => {
           await ok(d, ["pull", ref]);
           const podJson = await writeJson(`${dir}/pod.json`, podConfig("dup", dir));
           const ctrJson = await writeJson(
@@ -287,7 +288,7 @@ Deno.test({
           assert.equal(await ok(d, ["pods", "-q"]), podId);
           await ok(d, ["rmp", "-f", podId]);
           assert.equal(await ok(d, ["pods", "-q"]), "");
-        }, { config: criConfig(net) })
+        })
       )
     ),
 });

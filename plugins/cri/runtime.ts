@@ -22,6 +22,8 @@ import { Status as TaskStatus } from "../../api/gen/containerd/types/task/task_p
 import {
   type ContainerConfig,
   ContainerConfigSchema,
+  type Mount,
+  MountSchema,
   NamespaceMode,
   type PodSandboxConfig,
   PodSandboxConfigSchema,
@@ -32,7 +34,7 @@ import { withLease } from "../../client/images_content.ts";
 import type { Logger } from "../../log.ts";
 import { encodeSpec, type ImageConfig, type Spec, SPEC_TYPE_URL } from "../../oci/spec.ts";
 import { mount as sysMount, signalNumber, umount2 } from "../../sys/libc.ts";
-import { withReadonlyTempMount } from "../../sys/mount.ts";
+import { mountAll, readonlyMounts, unmountAll, withReadonlyTempMount } from "../../sys/mount.ts";
 import {
   deadlineExceeded,
   failedPrecondition,
@@ -40,7 +42,7 @@ import {
   isNotFound,
   notFound,
 } from "../errdefs.ts";
-import { type Cni, podIPs } from "./cni/cni.ts";
+import { type Cni, podIPs, type PortMapping } from "./cni/cni.ts";
 import { pinNetns, unpinNetns } from "./cni/netns.ts";
 import type { CriConfig } from "./config.ts";
 import type { CriImage, CriImageService } from "./images/service.ts";
@@ -190,6 +192,35 @@ export function containerName(config: ContainerConfig, sandbox: PodSandboxConfig
 
 function protocolName(p: Protocol): "tcp" | "udp" | "sctp" {
   return p === Protocol.UDP ? "udp" : p === Protocol.SCTP ? "sctp" : "tcp";
+}
+
+/**
+ * The pod's port mappings as the CNI `portMappings` capability argument. As containerd's
+ * `toCNIPortMappings`, mappings without a host port (`host_port` 0: the container port is only
+ * declared) are left out: the portmap plugin rejects host port 0.
+ */
+export function cniPortMappings(
+  mappings: readonly {
+    hostPort: number;
+    containerPort: number;
+    protocol: Protocol;
+    hostIp: string;
+  }[],
+): PortMapping[] {
+  return mappings.filter((p) => p.hostPort > 0).map((p) => ({
+    hostPort: p.hostPort,
+    containerPort: p.containerPort,
+    protocol: protocolName(p.protocol),
+    ...(p.hostIp ? { hostIP: p.hostIp } : {}),
+  }));
+}
+
+/** The directory (under a container's) where its image volumes are mounted. */
+const IMAGE_VOLUMES_DIR = "image-volumes";
+
+/** The snapshot key of a container's `i`th mount when it is an image volume. */
+function imageVolumeKey(containerId: string, i: number): string {
+  return `${containerId}-image-volume-${i}`;
 }
 
 /** The pod and container runtime behind the RuntimeService. */
@@ -563,6 +594,7 @@ export class CriRuntime {
               },
             });
           } catch (err) {
+            await this.#unmountImageVolumes(id, snapshotter);
             await leased.service(Snapshots).remove({ snapshotter, key: id }).catch(() => {});
             throw err;
           }
@@ -589,12 +621,7 @@ export class CriRuntime {
               K8S_POD_INFRA_CONTAINER_ID: id,
               K8S_POD_UID: md.uid,
             },
-            portMappings: config.portMappings.map((p) => ({
-              hostPort: p.hostPort,
-              containerPort: p.containerPort,
-              protocol: protocolName(p.protocol),
-              ...(p.hostIp ? { hostIP: p.hostIp } : {}),
-            })),
+            portMappings: cniPortMappings(config.portMappings),
           });
           undo.push(() => this.#opts.cni.teardown(id, meta.netnsPath, { args: {} }));
           const ips = podIPs(result);
@@ -620,7 +647,83 @@ export class CriRuntime {
     }
   }
 
+  /**
+   * Image volumes (CRI mounts naming an `image`, KEP-4639), as containerd 2.1's: each is a
+   * read-only view snapshot of the (already pulled) image, mounted under the container's
+   * directory; the container bind-mounts it (or its `image_sub_path`, which must exist in
+   * the image and stay inside it) read-only. A writable image volume is refused. Returns
+   * the config the spec is built from (image mounts turned into host-path mounts); the
+   * given config's image mounts get their `image_ref` (the image ID) for ContainerStatus.
+   */
+  async #mountImageVolumes(
+    client: TainerdClient,
+    id: string,
+    config: ContainerConfig,
+    snapshotter: string,
+  ): Promise<ContainerConfig> {
+    if (!config.mounts.some((m) => m.image?.image)) return config;
+    const mounts: Mount[] = [];
+    for (const [i, m] of config.mounts.entries()) {
+      if (!m.image?.image) {
+        mounts.push(m);
+        continue;
+      }
+      if (!m.readonly) {
+        throw invalidArgument(`Image volume at "${m.containerPath}" must be read-only`);
+      }
+      const image = await this.#opts.images.resolve(m.image.image);
+      if (!image) {
+        throw notFound(
+          `Image "${m.image.image}" of the volume at "${m.containerPath}" is not present: ` +
+            "pull it first",
+        );
+      }
+      m.image.imageRef = image.id;
+      const view = await client.service(Snapshots).view({
+        snapshotter,
+        key: imageVolumeKey(id, i),
+        parent: image.chainId,
+      });
+      const dir = join(this.#containerDir(id), IMAGE_VOLUMES_DIR, String(i));
+      await Deno.mkdir(dir, { recursive: true });
+      await mountAll(readonlyMounts(view.mounts), dir);
+      let hostPath = dir;
+      if (m.imageSubPath) {
+        const real = await Deno.realPath(join(dir, m.imageSubPath)).catch(() => "");
+        if (real !== dir && !real.startsWith(`${dir}/`)) {
+          throw invalidArgument(
+            `Image volume sub path "${m.imageSubPath}" does not exist in image "${m.image.image}"`,
+          );
+        }
+        hostPath = real;
+      }
+      mounts.push(create(MountSchema, { ...m, hostPath, image: undefined, imageSubPath: "" }));
+    }
+    return create(ContainerConfigSchema, { ...config, mounts });
+  }
+
+  /** Unmounts and removes a container's image volumes (see `#mountImageVolumes`). */
+  async #unmountImageVolumes(id: string, snapshotter: string): Promise<void> {
+    const root = join(this.#containerDir(id), IMAGE_VOLUMES_DIR);
+    const names: string[] = [];
+    try {
+      for await (const e of Deno.readDir(root)) names.push(e.name);
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      const dir = join(root, name);
+      await unmountAll(dir, 2 /* MNT_DETACH */).catch(() => {});
+      // Not recursive: a mount that stayed must never have its image's files removed.
+      await Deno.remove(dir).catch(() => {});
+      await this.#c.service(Snapshots).remove({ snapshotter, key: imageVolumeKey(id, +name) })
+        .catch(() => {});
+    }
+    await Deno.remove(root).catch(() => {});
+  }
+
   async #deleteRecord(id: string, snapshotter: string): Promise<void> {
+    await this.#unmountImageVolumes(id, snapshotter);
     await this.#c.service(Containers).delete({ id }).catch((err) => {
       if (!isNotFound(err)) throw err;
     });
@@ -657,12 +760,7 @@ export class CriRuntime {
             K8S_POD_INFRA_CONTAINER_ID: id,
             K8S_POD_UID: s.config.metadata?.uid ?? "",
           },
-          portMappings: s.config.portMappings.map((p) => ({
-            hostPort: p.hostPort,
-            containerPort: p.containerPort,
-            protocol: protocolName(p.protocol),
-            ...(p.hostIp ? { hostIP: p.hostIp } : {}),
-          })),
+          portMappings: cniPortMappings(s.config.portMappings),
         });
         await unpinNetns(s.meta.netnsPath);
       }
@@ -753,6 +851,8 @@ export class CriRuntime {
             parent: image.chainId,
           });
           try {
+            const specConfig = await this.#mountImageVolumes(leased, id, config, snapshotter);
+            meta.config = toJson(ContainerConfigSchema, config);
             const sandboxInfo = {
               id: s.meta.id,
               config: s.config,
@@ -765,23 +865,38 @@ export class CriRuntime {
                 shmPath: s.meta.shmPath,
               },
             };
-            const user = config.linux?.securityContext?.runAsUsername ||
-              imageConfigOf(image).User || "";
-            const needsRootfs = user !== "" && !/^\d+(:\d+)?$/.test(user);
+            // The rootfs is read for every container, as containerd's WithUser and
+            // WithAdditionalGIDs: names resolve through /etc/passwd, and the groups /etc/group
+            // gives the user (even a numeric one) join the process's (SupplementalGroupsPolicy
+            // Merge).
             const opts = { restrictOomScoreAdj: this.config.restrict_oom_score_adj };
-            spec = needsRootfs
-              ? await withReadonlyTempMount(
-                mounts,
-                (rootfs) =>
-                  containerSpec(id, config, sandboxInfo, imageConfigOf(image), { ...opts, rootfs }),
-              )
-              : await containerSpec(id, config, sandboxInfo, imageConfigOf(image), opts);
+            spec = await withReadonlyTempMount(
+              mounts,
+              (rootfs) =>
+                containerSpec(id, specConfig, sandboxInfo, imageConfigOf(image), {
+                  ...opts,
+                  rootfs,
+                }),
+            );
             clampOom(spec, this.#oomFloor);
             await leased.service(Containers).create({
               container: {
                 id,
                 image: imageRef,
-                labels: { ...config.labels, [KIND_LABEL]: "container" },
+                labels: {
+                  ...config.labels,
+                  [KIND_LABEL]: "container",
+                  ...Object.fromEntries(
+                    config.mounts.flatMap((m, i) =>
+                      m.image?.image
+                        ? [[
+                          `containerd.io/gc.ref.snapshot.${snapshotter}/image-volume-${i}`,
+                          imageVolumeKey(id, i),
+                        ]]
+                        : []
+                    ),
+                  ),
+                },
                 runtime: { name: runtimeType },
                 spec: { typeUrl: SPEC_TYPE_URL, value: encodeSpec(spec!) },
                 snapshotter,
@@ -795,6 +910,7 @@ export class CriRuntime {
               },
             });
           } catch (err) {
+            await this.#unmountImageVolumes(id, snapshotter);
             await leased.service(Snapshots).remove({ snapshotter, key: id }).catch(() => {});
             throw err;
           }

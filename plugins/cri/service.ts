@@ -36,7 +36,16 @@ import {
 import type { TainerdClient } from "../../client/client.ts";
 import type { Logger } from "../../log.ts";
 import { VERSION } from "../../version.ts";
-import { invalidArgument, unavailable } from "../errdefs.ts";
+import { invalidArgument, notImplemented, unavailable } from "../errdefs.ts";
+
+/**
+ * Whether recursive read-only mounts (runc's `rro`) work: they need mount_setattr(2), Linux
+ * 5.12+ (and runc 1.1+, Debian 12 has 1.1.5).
+ */
+const RRO_SUPPORTED = (() => {
+  const [major, minor] = Deno.osRelease().split(".").map((x) => parseInt(x, 10));
+  return major > 5 || (major === 5 && minor >= 12);
+})();
 import type { Cni } from "./cni/cni.ts";
 import type { CriConfig } from "./config.ts";
 import type { ContainerEntry, ContainerEventKind, CriRuntime, SandboxEntry } from "./runtime.ts";
@@ -170,6 +179,16 @@ export class CriRuntimeService {
       labels: c.config.labels,
       annotations: c.config.annotations,
       mounts: c.config.mounts,
+      // The identity of the container's first process, from its spec.
+      user: c.spec
+        ? {
+          linux: {
+            uid: BigInt(c.spec.process.user.uid),
+            gid: BigInt(c.spec.process.user.gid),
+            supplementalGroups: (c.spec.process.user.additionalGids ?? []).map(BigInt),
+          },
+        }
+        : undefined,
       logPath: c.meta.logPath,
       resources: c.spec?.linux?.resources
         ? {
@@ -330,11 +349,12 @@ export class CriRuntimeService {
           info,
           runtimeHandlers: Object.keys(d.config.containerd.runtimes).map((name) => ({
             name,
-            features: { recursiveReadOnlyMounts: false, userNamespaces: false },
+            features: { recursiveReadOnlyMounts: RRO_SUPPORTED, userNamespaces: false },
           })).concat([{
             name: "",
-            features: { recursiveReadOnlyMounts: false, userNamespaces: false },
+            features: { recursiveReadOnlyMounts: RRO_SUPPORTED, userNamespaces: false },
           }]),
+          features: { supplementalGroupsPolicy: true },
         };
       },
       runtimeConfig: () => ({ linux: { cgroupDriver: CgroupDriver.CGROUPFS } }),
@@ -419,7 +439,12 @@ export class CriRuntimeService {
         return {};
       },
       stopContainer: async (req) => {
-        await (await rt()).stopContainer(req.containerId, Number(req.timeout));
+        try {
+          await (await rt()).stopContainer(req.containerId, Number(req.timeout));
+        } catch (err) {
+          // As the CRI API says: stopping a container that does not exist must succeed.
+          if ((err as { kind?: string }).kind !== "NotFound") throw err;
+        }
         return {};
       },
       removeContainer: async (req) => {
@@ -556,8 +581,14 @@ export class CriRuntimeService {
         return { stats };
       },
       getContainerEvents: (_req, ctx) => this.#events(ctx.signal),
-      listMetricDescriptors: () => ({ descriptors: [] }),
-      listPodSandboxMetrics: () => ({ podMetrics: [] }),
+      // The cAdvisor-style CRI metrics are not collected (containerd 1.6 has neither RPC):
+      // Unimplemented tells the kubelet (and critest) to use its own stats provider.
+      listMetricDescriptors: () => {
+        throw notImplemented("ListMetricDescriptors is not implemented");
+      },
+      listPodSandboxMetrics: () => {
+        throw notImplemented("ListPodSandboxMetrics is not implemented");
+      },
     });
   }
 

@@ -20,6 +20,7 @@ import {
   MountPropagation,
   NamespaceMode,
   type PodSandboxConfig,
+  SupplementalGroupsPolicy,
 } from "../../../api/gen/runtime/v1/api_pb.ts";
 import {
   currentCapabilities,
@@ -366,6 +367,11 @@ export async function containerSpec(
   } else {
     spec.process.user.additionalGids = [spec.process.user.gid];
   }
+  // SupplementalGroupsPolicy Strict: only the primary group and the config's, none of the
+  // image's /etc/group (Merge, the default, keeps them).
+  if (sc?.supplementalGroupsPolicy === SupplementalGroupsPolicy.Strict) {
+    spec.process.user.additionalGids = [spec.process.user.gid];
+  }
   addSupplementalGroups(spec, sc?.supplementalGroups ?? []);
 
   const seccomp = seccompForSync(sc?.seccomp, sc?.seccompProfilePath ?? "", privileged, {
@@ -528,7 +534,9 @@ function containerMounts(config: ContainerConfig, files: SandboxFiles): CriMount
 }
 
 /** The parts of a CRI mount the spec uses. */
-type CriMount = Pick<Mount, "containerPath" | "hostPath" | "readonly" | "propagation">;
+type CriMount =
+  & Pick<Mount, "containerPath" | "hostPath" | "readonly" | "propagation">
+  & Partial<Pick<Mount, "recursiveReadOnly">>;
 
 function criMount(containerPath: string, hostPath: string, readonly: boolean): CriMount {
   return {
@@ -583,6 +591,20 @@ async function applyMounts(spec: Spec, cri: CriMount[], extra: CriMount[]): Prom
       throw invalidArgument(`Invalid mount: container path "${m.containerPath}" is not absolute`);
     }
     if (!m.hostPath) throw invalidArgument(`Invalid mount at "${m.containerPath}": no host path`);
+    // Recursive read-only (runc's `rro`, mount_setattr(2) with AT_RECURSIVE): only for a
+    // read-only mount with private propagation, as containerd 2's.
+    if (m.recursiveReadOnly) {
+      if (!m.readonly) {
+        throw invalidArgument(
+          `Invalid mount at "${m.containerPath}": recursive read-only needs read-only`,
+        );
+      }
+      if (m.propagation !== MountPropagation.PROPAGATION_PRIVATE) {
+        throw invalidArgument(
+          `Invalid mount at "${m.containerPath}": recursive read-only needs private propagation`,
+        );
+      }
+    }
     try {
       await Deno.stat(m.hostPath);
     } catch (err) {
@@ -606,6 +628,7 @@ async function applyMounts(spec: Spec, cri: CriMount[], extra: CriMount[]): Prom
         options.push("rprivate");
     }
     options.push(m.readonly ? "ro" : "rw");
+    if (m.recursiveReadOnly) options.push("rro");
     spec.mounts.push({ destination: m.containerPath, type: "bind", source: src, options });
   }
 }

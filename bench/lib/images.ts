@@ -23,6 +23,8 @@ export interface LayoutImage {
   layers: string[];
   /** The sum of the blob sizes in bytes (layers, config, manifest). */
   bytes: number;
+  /** For the pull image: each of its layers as a one-layer image. */
+  single?: { large: LayoutImage; small: LayoutImage };
 }
 
 const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
@@ -156,7 +158,15 @@ export async function buildPullImage(dir: string, opts: PullImageOptions): Promi
       pool.slice(at, at + size),
     );
   }
+  // The same two layers as images of their own (issue 5's per-layer figures); buildLayout
+  // consumes its roots, so these get copies.
+  await sh(`cp -a ${q(big)} ${q(`${big}-1`)} && cp -a ${q(small)} ${q(`${small}-1`)}`);
+  const single = {
+    large: await buildLayout(`${dir}-large`, "latest", [`${big}-1`]),
+    small: await buildLayout(`${dir}-small`, "latest", [`${small}-1`]),
+  };
   const image = await buildLayout(dir, "latest", [big, small]);
+  image.single = single;
   await Deno.remove(work, { recursive: true });
   return image;
 }

@@ -215,7 +215,15 @@ async function unmountUnder(dir: string): Promise<void> {
   }
 }
 
-/** Waits until a daemon has no shims left (after its tasks were deleted). */
+/**
+ * Waits until a daemon's shims serve no container any more (after its tasks were deleted):
+ * each shim has exited, or (tainerd's shared shim, kept warm) has no child process left.
+ */
 export function waitNoShims(d: BenchDaemon, timeoutMs = 20_000): Promise<number> {
-  return waitFor(() => shimsOf(d.address).length === 0, `${d.kind}'s shims to exit`, timeoutMs, 50);
+  return waitFor(
+    () => shimsOf(d.address).every((shim) => childrenOf(shim).length === 0),
+    `${d.kind}'s shims to exit or go idle`,
+    timeoutMs,
+    50,
+  );
 }

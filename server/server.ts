@@ -110,20 +110,32 @@ function fallback(req: FallbackRequest, res: FallbackResponse): void {
   const path = req.url ?? "";
   const contentType = String(req.headers["content-type"] ?? "");
   const message = `Unknown method ${path}`;
-  if (contentType.startsWith("application/grpc") && "stream" in res) {
-    // A gRPC "trailers-only" response: the status in one HEADERS frame that ends the stream.
-    res.stream.respond({
-      ":status": 200,
-      "content-type": contentType.startsWith("application/grpc-web")
-        ? "application/grpc-web+proto"
-        : "application/grpc",
-      "grpc-status": String(Code.Unimplemented),
-      "grpc-message": encodeURIComponent(message),
-    }, { endStream: true });
-  } else {
-    res.writeHead(404, { "content-type": "application/json" });
-    res.end(JSON.stringify({ code: "unimplemented", message }));
-  }
+  const answer = () => {
+    if (res.headersSent || res.writableEnded) return;
+    if (contentType.startsWith("application/grpc") && "stream" in res) {
+      // A gRPC "trailers-only" response: the status in one HEADERS frame that ends the stream.
+      res.stream.respond({
+        ":status": 200,
+        "content-type": contentType.startsWith("application/grpc-web")
+          ? "application/grpc-web+proto"
+          : "application/grpc",
+        "grpc-status": String(Code.Unimplemented),
+        "grpc-message": encodeURIComponent(message),
+      }, { endStream: true });
+    } else {
+      res.writeHead(404, { "content-type": "application/json" });
+      res.end(JSON.stringify({ code: "unimplemented", message }));
+    }
+  };
+  // Answer once the request is read (ending our side while the client still sends made the
+  // stream reset before curl saw the status, now and then), or after 100 ms for a client
+  // that keeps its side open (a streaming call).
+  const timer = setTimeout(answer, 100);
+  req.on("end", () => {
+    clearTimeout(timer);
+    answer();
+  });
+  req.on("error", () => clearTimeout(timer));
   req.resume();
 }
 

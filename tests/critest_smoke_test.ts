@@ -29,7 +29,7 @@ const ignore = !exists("/usr/local/bin/critest") || !exists("/usr/local/bin/cric
 const FOCUS = [
   "runtime should support basic operations on container",
   "public image with tag should be pulled and removed",
-  "runtime should support execSync \\[",
+  "runtime should support execSync",
   "runtime should support port mapping with host port",
   "runtime should support PodPID",
 ].join("|");
@@ -51,9 +51,6 @@ Deno.test({
           "tainerd",
           "--focus",
           FOCUS,
-          // Fails on the pause image's `sleep` child (see bench/results/critest.md).
-          "--skip",
-          "execSync with timeout",
           "--out",
           out,
         ],

@@ -19,6 +19,7 @@ import { gzipSync } from "node:zlib";
 import { TarType, type TarWriterEntry, writeTar } from "../../archive/tar/mod.ts";
 import { digestOf } from "../../plugins/content/digest.ts";
 import { PAUSE_ENTRYPOINT } from "../../plugins/cri/pause/pause.ts";
+import { pauseExecutable } from "../../plugins/cri/pause/pause_elf.ts";
 import { hostPlatform } from "../../images/platforms.ts";
 import type { Descriptor } from "../../images/remote/descriptor.ts";
 import {
@@ -302,14 +303,18 @@ export async function buildLookalikes(workDir: string): Promise<LookalikeImage[]
   const images: LookalikeImage[] = [];
   for (const spec of imageSpecs(web, nnp)) images.push(...await buildImage(spec, base));
   // pause:3.9 (containerd's sandbox image here; critest pulls it from registry.k8s.io and
-  // k8s.gcr.io): tainerd's pause program on the busybox base, an image of its own (were it
-  // tainerd's own pause image, its ID would carry tainerd's sandbox image tag too).
+  // k8s.gcr.io): tainerd's pause program (the generated static /pause where there is one, as
+  // upstream's pause is a static binary without children; else the busybox loop) on the busybox
+  // base, an image of its own (were it tainerd's own pause image, its ID would carry tainerd's
+  // sandbox image tag too).
+  const pause = pauseExecutable();
   images.push(
     ...await buildImage({
       paths: ["pause:3.9"],
       user: "65535:65535",
-      entrypoint: [...PAUSE_ENTRYPOINT],
+      entrypoint: pause ? ["/pause"] : [...PAUSE_ENTRYPOINT],
       cmd: [],
+      files: pause ? [{ name: "pause", body: pause, mode: 0o755 }] : [],
     }, base),
   );
   return images;

@@ -16,6 +16,7 @@ import {
   DEFAULT_SANDBOX_IMAGE,
   importPauseImage,
   PAUSE_ENTRYPOINT,
+  PAUSE_EXECUTABLE_ENTRYPOINT,
   PINNED_LABEL,
 } from "./pause.ts";
 
@@ -32,15 +33,63 @@ Deno.test("buildPauseImage() gives the same bytes every time", async () => {
   assert.deepEqual(manifest.config, a.config.desc);
   assert.deepEqual(manifest.layers, [a.layer.desc]);
   const config = JSON.parse(new TextDecoder().decode(a.config.bytes));
-  assert.deepEqual(config.config.Entrypoint, PAUSE_ENTRYPOINT);
+  assert.deepEqual(
+    config.config.Entrypoint,
+    Deno.build.arch === "x86_64" ? PAUSE_EXECUTABLE_ENTRYPOINT : PAUSE_ENTRYPOINT,
+  );
   assert.deepEqual(config.rootfs.diff_ids, [a.diffId]);
   assert.equal(config.architecture, a.platform.architecture);
   // gzip header: no mtime.
   assert.deepEqual([...a.layer.bytes.subarray(4, 8)], [0, 0, 0, 0]);
 });
 
-Deno.test("buildPauseImage() layer holds /bin/busybox and its sh and sleep links", async () => {
-  const img = await buildPauseImage();
+Deno.test({
+  name: "buildPauseImage() on x86-64: /pause, a static executable that exits 0 on TERM",
+  ignore: Deno.build.arch !== "x86_64",
+  fn: async () => {
+    const img = await buildPauseImage();
+    const tar = gunzipSync(img.layer.bytes);
+    const seen: string[] = [];
+    let pause: Uint8Array | undefined;
+    for await (const { header, body } of readTar(ReadableStream.from([new Uint8Array(tar)]))) {
+      seen.push(`${header.name} ${header.type} ${header.mode.toString(8)}`);
+      if (header.name === "pause") pause = new Uint8Array(await new Response(body).arrayBuffer());
+      else await body.cancel();
+    }
+    assert.deepEqual(seen, [
+      "dev/ 5 755",
+      "etc/ 5 755",
+      "pause 0 755",
+      "proc/ 5 555",
+      "sys/ 5 555",
+    ]);
+    assert.ok(pause && pause.byteLength < 1024, "a tiny static executable");
+    assert.deepEqual([...pause!.subarray(0, 4)], [0x7f, 0x45, 0x4c, 0x46]);
+    // Run it here: it sleeps, catches INT/TERM/CHLD, and exits 0 on SIGTERM.
+    const dir = await Deno.makeTempDir({ prefix: "tainerd-pause-" });
+    try {
+      await Deno.writeFile(`${dir}/pause`, pause!, { mode: 0o755 });
+      const child = new Deno.Command(`${dir}/pause`).spawn();
+      let status: Deno.CommandStatus | undefined;
+      child.status.then((s) => status = s);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(status, undefined, "still running");
+      const caught = (await Deno.readTextFile(`/proc/${child.pid}/status`))
+        .match(/^SigCgt:\s*([0-9a-f]+)/m)?.[1];
+      const bits = BigInt(`0x${caught}`);
+      for (const sig of [2, 15, 17]) assert.equal((bits >> BigInt(sig - 1)) & 1n, 1n, `sig ${sig}`);
+      child.kill("SIGTERM");
+      const st = await child.status;
+      assert.equal(st.code, 0);
+      assert.equal(st.signal, null);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("buildPauseImage() with busybox: /bin/busybox and its sh and sleep links", async () => {
+  const img = await buildPauseImage({ busyboxPath: "/bin/busybox" });
   const tar = gunzipSync(img.layer.bytes);
   assert.equal(digestOf(tar), img.diffId);
   const seen: string[] = [];

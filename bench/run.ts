@@ -14,7 +14,8 @@
  * Options: `--quick` (fewer repetitions, smaller pull image), `--only 1,4`, `--keep` (keep the
  * temp dir with the daemons' logs), `--no-save` (print only), `--per-container-shims` (tainerd
  * with runtime `shim_group = ""`, one shim per container as containerd, instead of its default
- * shared shim per namespace).
+ * shared shim per namespace), `--from-source` (tainerd by `deno run main.ts` instead of the
+ * bundle `deno task bundle` builds, which is what `tainerd install` installs).
  *
  * Everything it starts (daemons, shims, containers, mounts, registry, temp dir) is removed at
  * the end, on failure and on Ctrl-C.
@@ -32,7 +33,7 @@ const REPO = new URL("..", import.meta.url).pathname;
 
 function usage(): never {
   console.error(
-    "usage: deno task bench [--quick] [--only 1,2,…] [--keep] [--no-save] [--per-container-shims]",
+    "usage: deno task bench [--quick] [--only 1,2,…] [--keep] [--no-save] [--per-container-shims] [--from-source]",
   );
   Deno.exit(2);
 }
@@ -45,6 +46,7 @@ function parseArgs(args: string[]): Options & { save: boolean } {
     else if (a === "--keep") opts.keep = true;
     else if (a === "--no-save") opts.save = false;
     else if (a === "--per-container-shims") opts.perContainerShims = true;
+    else if (a === "--from-source") opts.fromSource = true;
     else if (a === "--only" || a.startsWith("--only=")) {
       const v = a === "--only" ? args[++i] : a.slice("--only=".length);
       if (!v) usage();

@@ -40,9 +40,18 @@ export class BenchDaemon {
   #exited = false;
 
   readonly #perContainerShims: boolean;
+  /** How tainerd is run: `deno run` arguments up to (not including) its own arguments. */
+  readonly entry: string[];
 
-  constructor(kind: Kind, dir: string, opts: { perContainerShims?: boolean } = {}) {
+  constructor(
+    kind: Kind,
+    dir: string,
+    opts: { perContainerShims?: boolean; bundle?: string } = {},
+  ) {
     this.#perContainerShims = opts.perContainerShims ?? false;
+    this.entry = opts.bundle
+      ? ["run", "-A", "--no-config", opts.bundle]
+      : ["run", "-A", "--config", DENO_JSON, MAIN];
     this.kind = kind;
     this.dir = dir;
     this.address = `${dir}/${kind === "containerd" ? "c" : "t"}.sock`;
@@ -118,11 +127,7 @@ export class BenchDaemon {
     if (this.kind === "containerd") return [CONTAINERD, "--config", this.configPath];
     return [
       Deno.execPath(),
-      "run",
-      "-A",
-      "--config",
-      DENO_JSON,
-      MAIN,
+      ...this.entry,
       "daemon",
       "--address",
       this.address,

@@ -25,8 +25,6 @@ import {
 } from "./session.ts";
 import { row } from "./stats.ts";
 
-const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
-
 /** Samples per daemon: `t` for tainerd, `c` for containerd. */
 type Samples = Record<Kind, number[]>;
 const samples = (): Samples => ({ containerd: [], tainerd: [] });
@@ -112,7 +110,7 @@ export async function runLatency(s: Session): Promise<void> {
   const naRootfs: Partial<Record<Kind, string>> = {};
   // The shims' own version flag: process start, module loading, exit.
   const shimV = ["shim", "-namespace", NAMESPACE, "-id", "v", "-address", "/nonexistent", "-v"];
-  const tainerdExe = ["run", "-A", "--config", `${REPO}/deno.json`, `${REPO}/main.ts`, ...shimV];
+  const tainerdExe = [...s.tainerd.entry, ...shimV];
   /** Runs one timed command; a failure marks the daemon n/a for that variant. */
   const timed = async (
     into: number[],
@@ -192,7 +190,7 @@ export async function runLatency(s: Session): Promise<void> {
       better: "lower",
       containerd: shimExec.containerd,
       tainerd: shimExec.tainerd,
-      note: "`containerd-shim-runc-v2 -v` vs `deno run -A main.ts shim -v`; " +
+      note: "`containerd-shim-runc-v2 -v` vs tainerd's `shim -v` (as the daemon runs it); " +
         "containerd execs its shim twice per container (start, then the long-lived " +
         "shim); tainerd's daemon starts its own shim once",
     }),

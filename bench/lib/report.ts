@@ -93,7 +93,7 @@ export function markdown(res: Results): string {
       res.options.perContainerShims
         ? ", tainerd with one shim per container"
         : ", tainerd with its default shared shim"
-    }; ` +
+    }${res.options.fromSource ? " from source" : " from its bundle"}; ` +
     `${res.elapsedS.toFixed(0)} s in all.`,
     "",
     "Each cell: median (min–max) of n runs, the two daemons interleaved; ratio = tainerd median " +

@@ -24,7 +24,11 @@ export interface Options {
   keep: boolean;
   /** Run tainerd with one shim per container (runtime `shim_group = ""`, containerd's way). */
   perContainerShims?: boolean;
+  /** Run tainerd from the source tree (`deno run main.ts`) instead of its bundle. */
+  fromSource?: boolean;
 }
+
+const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
 /** The namespace pulls work in (wiped between repetitions). */
 export const PULL_NAMESPACE = "bench-pull";
@@ -58,6 +62,7 @@ export class Session {
     this.containerd = new BenchDaemon("containerd", `${dir}/c`);
     this.tainerd = new BenchDaemon("tainerd", `${dir}/t`, {
       perContainerShims: opts.perContainerShims,
+      bundle: opts.fromSource ? undefined : `${dir}/dist/tainerd.js`,
     });
   }
 
@@ -71,6 +76,18 @@ export class Session {
 
   /** Starts the daemons (after {@link open}, so a failure here is still cleaned up). */
   async start(): Promise<void> {
+    if (!this.opts.fromSource) {
+      // tainerd as users install it: the one-file bundle (`deno task bundle`), shims included.
+      const r = await exec(Deno.execPath(), [
+        "run",
+        "-A",
+        `${REPO}/scripts/build.ts`,
+        "bundle",
+        "--out-dir",
+        `${this.dir}/dist`,
+      ]);
+      if (r.code !== 0) throw new Error(`deno task bundle failed: ${r.stderr || r.stdout}`);
+    }
     this.rootfs = await busyboxRootfs(`${this.dir}/busybox`);
     for (const d of this.daemons) {
       await d.prepare();

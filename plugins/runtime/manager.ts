@@ -366,8 +366,9 @@ export class RuntimeManager {
       TTRPC_ADDRESS: this.#opts.ttrpcAddress,
       TAINERD_STATE_DIR: this.#opts.daemonState,
       // A shim handles little traffic: a 1 MiB young generation (V8's default is 16) takes
-      // ~20 MiB off every shim's resident memory. An operator's own flags win.
-      DENO_V8_FLAGS: Deno.env.get("DENO_V8_FLAGS") ?? SHIM_V8_FLAGS,
+      // ~6 MiB off every shim's resident memory. An operator's own (non-empty) flags win: an
+      // empty DENO_V8_FLAGS would make deno refuse to start.
+      DENO_V8_FLAGS: Deno.env.get("DENO_V8_FLAGS") || SHIM_V8_FLAGS,
     };
     if (`${this.#opts.daemonState}/s/`.length + 64 > 106) env.TAINERD_SOCKET_DIR = "/run/tainerd";
     return env;

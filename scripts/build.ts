@@ -30,11 +30,16 @@ import { resolve } from "node:path";
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const decoder = new TextDecoder();
 
-/** The `dist/tainerd` wrapper of a bundle: runs `tainerd.js` beside it (symlinks resolved). */
+/**
+ * The `dist/tainerd` wrapper of a bundle: runs `tainerd.js` beside it (symlinks resolved), with
+ * a 1 MiB V8 young generation unless `DENO_V8_FLAGS` says otherwise (the daemon's resident
+ * memory: 152 → 101 MiB measured after some runs, API throughput unchanged; its shims inherit it).
+ */
 export const BUNDLE_WRAPPER = `#!/bin/sh
 # tainerd, bundled: runs tainerd.js (beside this script) with Deno.
 here=$(dirname "$(readlink -f "$0")")
 export DENO_NO_UPDATE_CHECK=1
+export DENO_V8_FLAGS="\${DENO_V8_FLAGS:---max-semi-space-size=1}"
 exec "\${TAINERD_DENO:-deno}" run -A --no-config "$here/tainerd.js" "$@"
 `;
 

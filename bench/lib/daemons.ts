@@ -40,7 +40,7 @@ export class BenchDaemon {
   #exited = false;
 
   readonly #perContainerShims: boolean;
-  /** How tainerd is run: `deno run` arguments up to (not including) its own arguments. */
+  /** How tainerd is run: the command up to (not including) its own arguments. */
   readonly entry: string[];
 
   constructor(
@@ -49,9 +49,11 @@ export class BenchDaemon {
     opts: { perContainerShims?: boolean; bundle?: string } = {},
   ) {
     this.#perContainerShims = opts.perContainerShims ?? false;
+    // The bundle through its installed wrapper (`dist/tainerd`, which also sets the V8 flags
+    // an installed tainerd runs with), or the source tree through deno.
     this.entry = opts.bundle
-      ? ["run", "-A", "--no-config", opts.bundle]
-      : ["run", "-A", "--config", DENO_JSON, MAIN];
+      ? [opts.bundle.replace(/\.js$/, "")]
+      : [Deno.execPath(), "run", "-A", "--config", DENO_JSON, MAIN];
     this.kind = kind;
     this.dir = dir;
     this.address = `${dir}/${kind === "containerd" ? "c" : "t"}.sock`;
@@ -126,7 +128,6 @@ export class BenchDaemon {
   #command(): string[] {
     if (this.kind === "containerd") return [CONTAINERD, "--config", this.configPath];
     return [
-      Deno.execPath(),
       ...this.entry,
       "daemon",
       "--address",

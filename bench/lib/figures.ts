@@ -110,7 +110,7 @@ export async function runLatency(s: Session): Promise<void> {
   const naRootfs: Partial<Record<Kind, string>> = {};
   // The shims' own version flag: process start, module loading, exit.
   const shimV = ["shim", "-namespace", NAMESPACE, "-id", "v", "-address", "/nonexistent", "-v"];
-  const tainerdExe = [...s.tainerd.entry, ...shimV];
+  const [tainerdCmd, ...tainerdExe] = [...s.tainerd.entry, ...shimV];
   /** Runs one timed command; a failure marks the daemon n/a for that variant. */
   const timed = async (
     into: number[],
@@ -153,7 +153,7 @@ export async function runLatency(s: Session): Promise<void> {
     for (const d of s.order(i)) {
       const r = d.kind === "containerd"
         ? await exec("containerd-shim-runc-v2", shimV.slice(1))
-        : await exec(Deno.execPath(), tainerdExe);
+        : await exec(tainerdCmd, tainerdExe);
       check(r, `${d.kind} shim executable -v`);
       if (keep) shimExec[d.kind].push(r.ms);
     }

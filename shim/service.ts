@@ -243,6 +243,10 @@ export class TaskService {
           });
           this.#containers.set(req.id, c);
           await this.#loadCgroup(c);
+          // Watch for OOM kills from creation on: a container that blows its limit at once
+          // could be killed before Start returned, and its event would be lost.
+          const cgroup = this.#cgroups.get(req.id);
+          if (cgroup) this.#oom.add(req.id, cgroup);
         } finally {
           this.#creating.delete(req.id);
         }
@@ -270,8 +274,6 @@ export class TaskService {
           await p.start();
           if (execId === "") {
             this.#publish(Topics.start, TaskStartSchema, { containerId: id, pid: p.pid });
-            const cgroup = this.#cgroups.get(id);
-            if (cgroup) this.#oom.add(id, cgroup);
           } else {
             this.#publish(Topics.execStarted, TaskExecStartedSchema, {
               containerId: id,

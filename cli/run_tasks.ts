@@ -17,7 +17,7 @@ import { Status } from "../api/gen/containerd/types/task/task_pb.ts";
 import type { TainerdClient } from "../client/client.ts";
 import { isNotFound } from "../plugins/errdefs.ts";
 import { signalNumber } from "../sys/libc.ts";
-import { withEnv } from "../oci/spec.ts";
+import { PROCESS_SPEC_TYPE_URL, withEnv } from "../oci/spec.ts";
 import {
   addSpecOptions,
   createContainer,
@@ -33,7 +33,6 @@ import { formatTable, parseLabelArgs } from "./table.ts";
 export type WithClient = (fn: (c: TainerdClient) => Promise<void>) => Promise<void>;
 
 /** The type URL containerd stores process specs under. */
-export const PROCESS_SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

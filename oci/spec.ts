@@ -10,6 +10,11 @@ import { invalidArgument, notFound } from "../plugins/errdefs.ts";
 
 /** The type URL containerd stores specs under. */
 export const SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/** The type URL of a process spec (Tasks.Exec). */
+export const PROCESS_SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+/** The type URL of Linux resources (Tasks.Update). */
+export const RESOURCES_TYPE_URL =
+  "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
 /** A device node created in the container (`linux.devices`). */
 export interface LinuxDevice {

@@ -7,10 +7,11 @@
  * {@linkcode SysError} (a classified {@linkcode TainerdError}) when the call fails; `errno` is read
  * through `__errno_location()` right after the failing call, on the same thread.
  *
- * Blocking calls (`waitpid` without `WNOHANG`, `poll`) have `*Async` variants that run on
- * Deno's FFI thread pool (`nonblocking: true`). errno is thread-local and cannot be read from
- * the thread that ran such a call, so when one fails the wrappers repeat the call without
- * blocking on the main thread to learn the error.
+ * Blocking calls have `*Async` variants that hold no thread per wait: `pollAsync` shares one
+ * poll(2) on Deno's FFI thread pool (`nonblocking: true`) among all pending waits, and
+ * `waitpidAsync` checks with `WNOHANG` on SIGCHLD. errno is thread-local and cannot be read
+ * from the pool thread, so when the pooled poll fails it is repeated without blocking on the
+ * main thread to learn the error.
  *
  * The constants are those of Linux on x86_64 and aarch64 (generic ABI); the structure layouts
  * assume a 64-bit target.
@@ -39,12 +40,6 @@ export const LIBC_SYMBOLS = {
   getpid: { parameters: [], result: "i32" },
   kill: { parameters: ["i32", "i32"], result: "i32" },
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
-  waitpid_nb: {
-    name: "waitpid",
-    parameters: ["i32", "buffer", "i32"],
-    result: "i32",
-    nonblocking: true,
-  },
   setsid: { parameters: [], result: "i32" },
   umask: { parameters: ["u32"], result: "u32" },
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },

@@ -27,6 +27,7 @@ import { CriImageService } from "./images/service.ts";
 import { DEFAULT_SANDBOX_IMAGE, importPauseImage } from "./pause/pause.ts";
 import { CriRuntime } from "./runtime.ts";
 import { CriRuntimeService } from "./service.ts";
+import { nowNs, timestampNs } from "./store.ts";
 import { StreamingServer } from "./streaming/server.ts";
 import { CriStreamingRuntime } from "./streaming_runtime.ts";
 
@@ -174,9 +175,7 @@ export class CriPlugin {
           }
           const exit = fromBinary(TaskExitSchema, e.event.value);
           if (exit.id && exit.id !== exit.containerId) continue; // an exec'd process
-          const at = exit.exitedAt
-            ? (exit.exitedAt.seconds * 1_000_000_000n + BigInt(exit.exitedAt.nanos)).toString()
-            : (BigInt(Date.now()) * 1_000_000n).toString();
+          const at = exit.exitedAt ? timestampNs(exit.exitedAt).toString() : nowNs();
           await runtime.taskExited(exit.containerId, exit.exitStatus, at);
         } catch (err) {
           if (!isNotFound(err)) log.warn(`cri: handling ${e.topic}: ${(err as Error).message}`);

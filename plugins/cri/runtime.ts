@@ -32,7 +32,14 @@ import {
 import type { TainerdClient } from "../../client/client.ts";
 import { withLease } from "../../client/images_content.ts";
 import type { Logger } from "../../log.ts";
-import { encodeSpec, type ImageConfig, type Spec, SPEC_TYPE_URL } from "../../oci/spec.ts";
+import {
+  encodeSpec,
+  type ImageConfig,
+  PROCESS_SPEC_TYPE_URL,
+  RESOURCES_TYPE_URL,
+  type Spec,
+  SPEC_TYPE_URL,
+} from "../../oci/spec.ts";
 import { mount as sysMount, signalNumber, umount2 } from "../../sys/libc.ts";
 import { mountAll, readonlyMounts, unmountAll, withReadonlyTempMount } from "../../sys/mount.ts";
 import {
@@ -42,7 +49,7 @@ import {
   isNotFound,
   notFound,
 } from "../errdefs.ts";
-import { type Cni, podIPs, type PortMapping } from "./cni/cni.ts";
+import { type Cni, type NamespaceOptions, podIPs, type PortMapping } from "./cni/cni.ts";
 import { pinNetns, unpinNetns } from "./cni/netns.ts";
 import type { CriConfig } from "./config.ts";
 import type { CriImage, CriImageService } from "./images/service.ts";
@@ -63,11 +70,10 @@ import {
   readJson,
   SANDBOX_METADATA_EXT,
   type SandboxMeta,
+  timestampNs,
   writeJsonAtomic,
 } from "./store.ts";
 
-const PROCESS_SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process";
-const RESOURCES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -116,10 +122,6 @@ export interface CriRuntimeOptions {
   onEvent?: (kind: ContainerEventKind, containerId: string) => void;
 }
 
-function nsOf(x: { nanos?: string }): bigint {
-  return BigInt(x.nanos ?? "0");
-}
-
 /**
  * Waits for `p` at most `ms`; resolves with its value or undefined. The timer is cleared
  * either way, so no pending timer keeps a stopping daemon alive.
@@ -149,24 +151,18 @@ export function imageConfigOf(image: CriImage): ImageConfig {
 }
 
 /**
- * The daemon's own oom_score_adj when it may not go below it (no CAP_SYS_RESOURCE, as in
- * some sandboxed hosts), else undefined. containerd's `restrict_oom_score_adj` does this
- * clamping on demand; tainerd also does it when the kernel would refuse anyway.
+ * Whether this process lacks CAP_SYS_RESOURCE (as in some sandboxed hosts): runc then cannot
+ * set an OOM score adjustment below the daemon's own, so the specs are restricted as with
+ * containerd's `restrict_oom_score_adj`.
  */
-function oomScoreFloor(restrict: boolean): number | undefined {
+function lacksSysResource(): boolean {
   try {
-    const own = Number(Deno.readTextFileSync("/proc/self/oom_score_adj").trim());
-    if (restrict) return own;
     const capEff = Deno.readTextFileSync("/proc/self/status").match(/^CapEff:\s*([0-9a-f]+)/m)?.[1];
     const CAP_SYS_RESOURCE = 24n;
-    if (capEff && ((BigInt(`0x${capEff}`) >> CAP_SYS_RESOURCE) & 1n) === 0n) return own;
-  } catch { /* not Linux-like: no clamping */ }
-  return undefined;
-}
-
-function clampOom(spec: Spec, floor: number | undefined): void {
-  const adj = spec.process.oomScoreAdj;
-  if (floor !== undefined && adj !== undefined && adj < floor) spec.process.oomScoreAdj = floor;
+    return capEff !== undefined && ((BigInt(`0x${capEff}`) >> CAP_SYS_RESOURCE) & 1n) === 0n;
+  } catch {
+    return false; // not Linux-like: no restriction
+  }
 }
 
 /** The runtime type of a handler, or NotFound. */
@@ -215,6 +211,21 @@ export function cniPortMappings(
   }));
 }
 
+/** The CNI arguments and capabilities of a pod, the same for setup and teardown. */
+export function podNetworkOptions(id: string, config: PodSandboxConfig): NamespaceOptions {
+  const md = config.metadata;
+  return {
+    args: {
+      IgnoreUnknown: "1",
+      K8S_POD_NAMESPACE: md?.namespace ?? "",
+      K8S_POD_NAME: md?.name ?? "",
+      K8S_POD_INFRA_CONTAINER_ID: id,
+      K8S_POD_UID: md?.uid ?? "",
+    },
+    portMappings: cniPortMappings(config.portMappings),
+  };
+}
+
 /** The directory (under a container's) where its image volumes are mounted. */
 const IMAGE_VOLUMES_DIR = "image-volumes";
 
@@ -236,18 +247,18 @@ export class CriRuntime {
   /** Serialises operations on one object id. */
   readonly #locks = new Map<string, Promise<void>>();
   #podCidr = "";
-  readonly #oomFloor: number | undefined;
+  /** `restrict_oom_score_adj`, or forced on when the daemon lacks CAP_SYS_RESOURCE. */
+  readonly #restrictOom: boolean;
 
   constructor(opts: CriRuntimeOptions) {
     this.#opts = opts;
     this.config = opts.config;
     this.#c = opts.client;
     this.#log = opts.log;
-    this.#oomFloor = oomScoreFloor(opts.config.restrict_oom_score_adj);
-    if (this.#oomFloor !== undefined && !opts.config.restrict_oom_score_adj) {
-      this.#log.info(
-        `cri: no CAP_SYS_RESOURCE: OOM score adjustments are kept at or above ${this.#oomFloor}`,
-      );
+    this.#restrictOom = opts.config.restrict_oom_score_adj;
+    if (!this.#restrictOom && lacksSysResource()) {
+      this.#restrictOom = true;
+      this.#log.info("cri: no CAP_SYS_RESOURCE: OOM score adjustments kept at the daemon's own");
     }
   }
 
@@ -407,9 +418,7 @@ export class CriRuntime {
           await entry.io.attachLog(meta.logPath, this.config.max_container_log_line_size);
         } else if (p) {
           // Exited while the daemon was down.
-          const exitedAt = p.exitedAt
-            ? (p.exitedAt.seconds * 1_000_000_000n + BigInt(p.exitedAt.nanos)).toString()
-            : nowNs();
+          const exitedAt = p.exitedAt ? timestampNs(p.exitedAt).toString() : nowNs();
           entry.status = {
             ...status,
             state: "exited",
@@ -542,8 +551,8 @@ export class CriRuntime {
         const spec = sandboxSpec(id, config, imageConfigOf(image), {
           files,
           cgroupParent: config.linux?.cgroupParent,
+          restrictOomScoreAdj: this.#restrictOom,
         });
-        clampOom(spec, this.#oomFloor);
         const meta: SandboxMeta = {
           id,
           name,
@@ -613,17 +622,9 @@ export class CriRuntime {
         if (!hostNetwork) {
           meta.netnsPath = await pinNetns(created.pid, join(this.#state, "netns"), id);
           undo.push(() => unpinNetns(meta.netnsPath));
-          const result = await this.#opts.cni.setup(id, meta.netnsPath, {
-            args: {
-              IgnoreUnknown: "1",
-              K8S_POD_NAMESPACE: md.namespace,
-              K8S_POD_NAME: md.name,
-              K8S_POD_INFRA_CONTAINER_ID: id,
-              K8S_POD_UID: md.uid,
-            },
-            portMappings: cniPortMappings(config.portMappings),
-          });
-          undo.push(() => this.#opts.cni.teardown(id, meta.netnsPath, { args: {} }));
+          const network = podNetworkOptions(id, config);
+          const result = await this.#opts.cni.setup(id, meta.netnsPath, network);
+          undo.push(() => this.#opts.cni.teardown(id, meta.netnsPath, network));
           const ips = podIPs(result);
           meta.ip = ips.ip;
           meta.additionalIps = ips.additionalIPs;
@@ -752,16 +753,7 @@ export class CriRuntime {
         }
       }
       if (s.meta.netnsPath) {
-        await this.#opts.cni.teardown(id, s.meta.netnsPath, {
-          args: {
-            IgnoreUnknown: "1",
-            K8S_POD_NAMESPACE: s.config.metadata?.namespace ?? "",
-            K8S_POD_NAME: s.config.metadata?.name ?? "",
-            K8S_POD_INFRA_CONTAINER_ID: id,
-            K8S_POD_UID: s.config.metadata?.uid ?? "",
-          },
-          portMappings: cniPortMappings(s.config.portMappings),
-        });
+        await this.#opts.cni.teardown(id, s.meta.netnsPath, podNetworkOptions(id, s.config));
         await unpinNetns(s.meta.netnsPath);
       }
       if (s.meta.shmPath) {
@@ -869,7 +861,7 @@ export class CriRuntime {
             // WithAdditionalGIDs: names resolve through /etc/passwd, and the groups /etc/group
             // gives the user (even a numeric one) join the process's (SupplementalGroupsPolicy
             // Merge).
-            const opts = { restrictOomScoreAdj: this.config.restrict_oom_score_adj };
+            const opts = { restrictOomScoreAdj: this.#restrictOom };
             spec = await withReadonlyTempMount(
               mounts,
               (rootfs) =>
@@ -878,7 +870,6 @@ export class CriRuntime {
                   rootfs,
                 }),
             );
-            clampOom(spec, this.#oomFloor);
             await leased.service(Containers).create({
               container: {
                 id,
@@ -1072,8 +1063,6 @@ export class CriRuntime {
       throw failedPrecondition(`Container "${id}" is not running`);
     }
     const execId = newId().slice(0, 32);
-    const spec = c.spec ?? await this.#specOf(id);
-    const proc = { ...spec.process, args: cmd, terminal: false };
     const tasks = this.#c.service(Tasks);
     const io = await ExecIO.create(join(this.#ioDir(id), "exec"), execId, {});
     const ids = { containerId: id, execId };
@@ -1081,7 +1070,7 @@ export class CriRuntime {
     try {
       await tasks.exec({
         ...ids,
-        spec: { typeUrl: PROCESS_SPEC_TYPE_URL, value: encoder.encode(JSON.stringify(proc)) },
+        spec: await this.execProcess(c, cmd, false),
         stdin: io.paths.stdin,
         stdout: io.paths.stdout,
         stderr: io.paths.stderr,
@@ -1114,6 +1103,20 @@ export class CriRuntime {
       if (created) await tasks.deleteProcess(ids).catch(() => {});
       await io.close().catch(() => {});
     }
+  }
+
+  /**
+   * The process spec of an exec in container `c` (its own process with `cmd` as args), as the
+   * Any that Tasks.Exec takes.
+   */
+  async execProcess(
+    c: ContainerEntry,
+    cmd: string[],
+    terminal: boolean,
+  ): Promise<{ typeUrl: string; value: Uint8Array }> {
+    const spec = c.spec ?? await this.#specOf(c.meta.id);
+    const proc = { ...spec.process, args: cmd, terminal };
+    return { typeUrl: PROCESS_SPEC_TYPE_URL, value: encoder.encode(JSON.stringify(proc)) };
   }
 
   async #specOf(id: string): Promise<Spec> {
@@ -1153,5 +1156,3 @@ export class CriRuntime {
     for (const c of this.containers.values()) await c.io?.close().catch(() => {});
   }
 }
-
-export { create, nsOf };

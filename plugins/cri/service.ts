@@ -50,6 +50,7 @@ import type { Cni } from "./cni/cni.ts";
 import type { CriConfig } from "./config.ts";
 import type { ContainerEntry, ContainerEventKind, CriRuntime, SandboxEntry } from "./runtime.ts";
 import { type CgroupUsage, NanoCoresTracker, usageFromMetric } from "./stats.ts";
+import { timestampNs } from "./store.ts";
 import type { StreamingServer } from "./streaming/server.ts";
 
 /** The CRI API version tainerd speaks. */
@@ -213,9 +214,7 @@ export class CriRuntimeService {
     });
     for (const m of metrics) {
       if (!m.data) continue;
-      const ts = m.timestamp
-        ? m.timestamp.seconds * 1_000_000_000n + BigInt(m.timestamp.nanos)
-        : BigInt(Date.now()) * 1_000_000n;
+      const ts = m.timestamp ? timestampNs(m.timestamp) : BigInt(Date.now()) * 1_000_000n;
       const u = usageFromMetric(m.data.typeUrl, m.data.value, ts);
       if (u) {
         this.#nanoCores.update(m.id, u.cpu);

@@ -10,8 +10,6 @@ import { create, fromBinary } from "@bufbuild/protobuf";
 import { MetricsSchema as V1Metrics } from "../../api/gen/io/containerd/cgroups/v1/metrics_pb.ts";
 import { MetricsSchema as V2Metrics } from "../../api/gen/io/containerd/cgroups/v2/metrics_pb.ts";
 import {
-  type ContainerStats,
-  ContainerStatsSchema,
   type CpuUsage,
   CpuUsageSchema,
   type MemoryUsage,
@@ -107,9 +105,4 @@ export class NanoCoresTracker {
   forget(id: string): void {
     this.#last.delete(id);
   }
-}
-
-/** An empty ContainerStats (for containers without a running task). */
-export function emptyContainerStats(): ContainerStats {
-  return create(ContainerStatsSchema, {});
 }

@@ -100,6 +100,11 @@ export function nowNs(): string {
   return (BigInt(Date.now()) * 1_000_000n).toString();
 }
 
+/** A protobuf Timestamp in nanoseconds since the epoch. */
+export function timestampNs(ts: { seconds: bigint; nanos: number }): bigint {
+  return ts.seconds * 1_000_000_000n + BigInt(ts.nanos);
+}
+
 /** Writes `value` as JSON to `path` atomically (temp file, fsync, rename). */
 export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
   const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;

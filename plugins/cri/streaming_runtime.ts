@@ -9,18 +9,13 @@
  */
 
 import { join } from "node:path";
-import { Containers } from "../../api/gen/containerd/services/containers/v1/containers_pb.ts";
 import { Tasks } from "../../api/gen/containerd/services/tasks/v1/tasks_pb.ts";
 import type { TainerdClient } from "../../client/client.ts";
-import { failedPrecondition, notFound } from "../errdefs.ts";
+import { failedPrecondition } from "../errdefs.ts";
 import { openFifoSet } from "./io/fifo.ts";
 import { type CriRuntime, within } from "./runtime.ts";
 import { newId } from "./store.ts";
 import type { StreamingRuntime, StreamIO } from "./streaming/server.ts";
-
-const PROCESS_SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process";
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
 
 async function pump(
   from: ReadableStream<Uint8Array>,
@@ -56,10 +51,6 @@ export class CriStreamingRuntime implements StreamingRuntime {
     const tasks = this.#c.service(Tasks);
     const execId = newId().slice(0, 32);
     const ids = { containerId: c.meta.id, execId };
-    const { container } = await this.#c.service(Containers).get({ id: c.meta.id });
-    if (!container?.spec) throw notFound(`Container "${containerId}" has no spec`);
-    const spec = JSON.parse(decoder.decode(container.spec.value));
-    const proc = { ...spec.process, args: cmd, terminal: io.tty };
     const fifos = await openFifoSet(
       join(this.#rt.ioRoot, c.meta.id, "exec"),
       execId,
@@ -69,7 +60,7 @@ export class CriStreamingRuntime implements StreamingRuntime {
     try {
       await tasks.exec({
         ...ids,
-        spec: { typeUrl: PROCESS_SPEC_TYPE_URL, value: encoder.encode(JSON.stringify(proc)) },
+        spec: await this.#rt.execProcess(c, cmd, io.tty),
         stdin: fifos.paths.stdin,
         stdout: fifos.paths.stdout,
         stderr: fifos.paths.stderr,

@@ -289,9 +289,9 @@ export const GROUP_ANNOTATIONS = ["io.containerd.runc.v2.group", "io.kubernetes.
 
 /**
  * The grouping id of a bundle: the value of the first {@link GROUP_ANNOTATIONS} annotation of
- * its `config.json`, else the container id.
+ * its `config.json`, else undefined (the container is its own group).
  */
-export async function groupingOf(bundle: string, id: string): Promise<string> {
+export async function groupingOf(bundle: string): Promise<string | undefined> {
   let annotations: Record<string, unknown> = {};
   try {
     const spec = JSON.parse(await Deno.readTextFile(`${bundle}/config.json`));
@@ -305,7 +305,7 @@ export async function groupingOf(bundle: string, id: string): Promise<string> {
     const value = annotations[key];
     if (typeof value === "string" && value !== "") return value;
   }
-  return id;
+  return undefined;
 }
 
 /**
@@ -318,8 +318,9 @@ export async function launchShim(o: LaunchOptions, log: Logger): Promise<string>
   const { bundle } = o;
   // One shim serves every container of a group (containerd's runc v2 manager: the first of
   // the group annotations found in config.json, else the container id).
-  let grouping = await groupingOf(bundle, o.id);
-  if (grouping === o.id && o.defaultGroup) grouping = o.defaultGroup;
+  // Only a container without a group annotation goes to the default group: a CRI sandbox's
+  // annotation names its own id, and its pod's containers must join it there.
+  const grouping = (await groupingOf(bundle)) ?? o.defaultGroup ?? o.id;
   const address = o.socketDir
     ? socketAddress(o.address, o.namespace, grouping, o.socketDir)
     : socketAddress(o.address, o.namespace, grouping);

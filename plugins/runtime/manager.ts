@@ -128,6 +128,8 @@ interface ShimConnection {
   address: string;
   client: Promise<TtrpcClient>;
   tasks: Set<ShimTask>;
+  /** Tasks between looking the connection up and joining it: it must not close meanwhile. */
+  joining: number;
 }
 
 /** Options for {@link RuntimeManager}. */
@@ -453,6 +455,7 @@ export class RuntimeManager {
         address,
         client: TtrpcClient.connect(address.slice("unix://".length)),
         tasks: new Set(),
+        joining: 0,
       };
       conn = c;
       this.#conns.set(address, c);
@@ -464,13 +467,28 @@ export class RuntimeManager {
       );
     }
     const c = conn;
-    const client = await c.client;
-    if (client.closed) throw internal(`The connection to the shim of "${id}" is closed`);
-    const t: ShimTask = new ShimTask(ns, id, bundle, address, client, binary, () => {
-      c.tasks.delete(t);
-      if (c.tasks.size > 0) return;
+    // The last task of the connection may leave while this one waits for it: the connection
+    // closes only when no task uses it and none is joining (else a new task was handed a
+    // client that was being closed, and its calls failed "closed by the client").
+    const closeIfUnused = (client: TtrpcClient) => {
+      if (c.tasks.size > 0 || c.joining > 0) return;
       if (this.#conns.get(address) === c) this.#conns.delete(address);
       client.close();
+    };
+    c.joining++;
+    let client: TtrpcClient;
+    try {
+      client = await c.client;
+    } finally {
+      c.joining--;
+    }
+    if (client.closed) {
+      closeIfUnused(client);
+      throw internal(`The connection to the shim of "${id}" is closed`);
+    }
+    const t: ShimTask = new ShimTask(ns, id, bundle, address, client, binary, () => {
+      c.tasks.delete(t);
+      closeIfUnused(client);
     });
     c.tasks.add(t);
     return t;

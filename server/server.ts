@@ -1,14 +1,14 @@
 /**
- * The API server: `node:http2` with Connect's node adapter on one unix socket, answering
+ * The API server: tainerd's HTTP/2 server (h2/) with Connect's router on one unix socket, answering
  * gRPC (ctr, kubelet), gRPC-Web and Connect (JSON or binary, curl) at once. One interceptor
  * at the edge maps classified errors to codes and logs every call.
  *
  * @module
  */
 
-import * as http2 from "node:http2";
-import { Code, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { Code, ConnectError, createConnectRouter, type Interceptor } from "@connectrpc/connect";
+import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/connect/protocol";
+import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { createRegistry } from "@bufbuild/protobuf";
 import { file_io_containerd_cgroups_v1_metrics } from "../api/gen/io/containerd/cgroups/v1/metrics_pb.ts";
 import { file_io_containerd_cgroups_v2_metrics } from "../api/gen/io/containerd/cgroups/v2/metrics_pb.ts";
@@ -20,6 +20,7 @@ import { NAMESPACE_HEADER } from "./context.ts";
 import { toConnectError } from "./errors.ts";
 import { recordApiCall } from "../plugins/metrics/registry.ts";
 import type { GrpcService } from "./service.ts";
+import { H2Code, H2Server, type H2Stream, H2StreamError } from "./h2/server.ts";
 
 /** The message types Any fields may hold, for Connect JSON. */
 const JSON_REGISTRY = createRegistry(
@@ -101,42 +102,83 @@ export function edgeInterceptor(log: Logger): Interceptor {
   };
 }
 
-type FallbackRequest = Parameters<NodeHandlerFn>[0];
-type FallbackResponse = Parameters<NodeHandlerFn>[1];
-type NodeHandlerFn = NonNullable<Parameters<typeof connectNodeAdapter>[0]["fallback"]>;
-
 /** Answers calls to methods no service registered, in the protocol the client speaks. */
-function fallback(req: FallbackRequest, res: FallbackResponse): void {
-  const path = req.url ?? "";
-  const contentType = String(req.headers["content-type"] ?? "");
+async function fallback(stream: H2Stream): Promise<void> {
+  const path = stream.path;
+  const contentType = stream.headers.find(([n]) => n === "content-type")?.[1] ?? "";
   const message = `Unknown method ${path}`;
-  const answer = () => {
-    if (res.headersSent || res.writableEnded) return;
-    if (contentType.startsWith("application/grpc") && "stream" in res) {
-      // A gRPC "trailers-only" response: the status in one HEADERS frame that ends the stream.
-      res.stream.respond({
-        ":status": 200,
-        "content-type": contentType.startsWith("application/grpc-web")
+  // Answer once the request is read (ending our side while the client still sends resets the
+  // stream before curl sees the status), or after 100 ms for a client that keeps its side open
+  // (a streaming call).
+  const body = (async () => {
+    for await (const _ of stream.body()) { /* drained */ }
+  })().catch(() => {});
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([body, new Promise((r) => timer = setTimeout(r, 100))]);
+  clearTimeout(timer);
+  if (stream.errored || stream.headersSent) return;
+  if (contentType.startsWith("application/grpc")) {
+    // A gRPC "trailers-only" response: the status in one HEADERS frame that ends the stream.
+    stream.respond(200, [
+      [
+        "content-type",
+        contentType.startsWith("application/grpc-web")
           ? "application/grpc-web+proto"
           : "application/grpc",
-        "grpc-status": String(Code.Unimplemented),
-        "grpc-message": encodeURIComponent(message),
-      }, { endStream: true });
-    } else {
-      res.writeHead(404, { "content-type": "application/json" });
-      res.end(JSON.stringify({ code: "unimplemented", message }));
-    }
-  };
-  // Answer once the request is read (ending our side while the client still sends made the
-  // stream reset before curl saw the status, now and then), or after 100 ms for a client
-  // that keeps its side open (a streaming call).
-  const timer = setTimeout(answer, 100);
-  req.on("end", () => {
-    clearTimeout(timer);
-    answer();
+      ],
+      ["grpc-status", String(Code.Unimplemented)],
+      ["grpc-message", encodeURIComponent(message)],
+    ], true);
+  } else {
+    stream.respond(404, [["content-type", "application/json"]]);
+    await stream.write(
+      new TextEncoder().encode(JSON.stringify({ code: "unimplemented", message })),
+    );
+    stream.end();
+  }
+}
+
+/** Why a request's signal aborted when its stream was reset or its connection lost. */
+function resetReason(err: unknown): ConnectError {
+  if (err instanceof H2StreamError) {
+    return err.code === H2Code.CANCEL || err.code === H2Code.NO_ERROR
+      ? new ConnectError("the client cancelled the call", Code.Canceled)
+      : new ConnectError(`the stream was reset (HTTP/2 code ${err.code})`, Code.Canceled);
+  }
+  return ConnectError.from(err);
+}
+
+/** Response header fields from a `Headers`, without those HTTP/2 forbids. */
+function fieldsOf(h: Headers | undefined): [string, string][] {
+  const out: [string, string][] = [];
+  if (!h) return out;
+  h.forEach((value, name) => {
+    if (name === "connection" || name === "transfer-encoding" || name === "keep-alive") return;
+    out.push([name, value]);
   });
-  req.on("error", () => clearTimeout(timer));
-  req.resume();
+  return out;
+}
+
+/** Writes Connect's answer to the stream: headers after the first chunk, then trailers. */
+async function writeResponse(res: UniversalServerResponse, stream: H2Stream): Promise<void> {
+  const it = res.body?.[Symbol.asyncIterator]();
+  try {
+    if (it !== undefined) {
+      let chunk = await it.next();
+      // Headers go after the first chunk: the implementation may still set some until then.
+      stream.respond(res.status, fieldsOf(res.header));
+      for (; chunk.done !== true; chunk = await it.next()) {
+        await stream.write(chunk.value);
+      }
+    }
+    if (!stream.headersSent) stream.respond(res.status, fieldsOf(res.header));
+    stream.end(fieldsOf(res.trailer));
+  } catch (err) {
+    await it?.throw?.(err).catch(() => {});
+    if (!stream.errored) stream.reset(H2Code.INTERNAL_ERROR);
+  } finally {
+    await it?.return?.().catch(() => {});
+  }
 }
 
 async function socketInUse(path: string): Promise<boolean> {
@@ -152,18 +194,14 @@ async function socketInUse(path: string): Promise<boolean> {
 /** The listening API server. */
 export class ApiServer {
   readonly address: string;
-  readonly #server: http2.Http2Server;
-  readonly #sessions = new Set<http2.ServerHttp2Session>();
-  readonly #shutdown: AbortController;
+  readonly #server: H2Server;
+  /** Requests in flight, to cancel when a shutdown's grace runs out. */
+  readonly #inflight: Set<AbortController>;
 
-  private constructor(address: string, server: http2.Http2Server, shutdown: AbortController) {
+  private constructor(address: string, server: H2Server, inflight: Set<AbortController>) {
     this.address = address;
     this.#server = server;
-    this.#shutdown = shutdown;
-    server.on("session", (s: http2.ServerHttp2Session) => {
-      this.#sessions.add(s);
-      s.on("close", () => this.#sessions.delete(s));
-    });
+    this.#inflight = inflight;
   }
 
   /**
@@ -171,19 +209,57 @@ export class ApiServer {
    * daemon answers on is left alone and FailedPrecondition is thrown.
    */
   static async listen(opts: ServeOptions): Promise<ApiServer> {
-    const shutdown = new AbortController();
-    const handler = connectNodeAdapter({
-      routes: (router: ConnectRouter) => {
-        for (const s of opts.services) s.register(router);
-      },
+    const router = createConnectRouter({
       interceptors: [edgeInterceptor(opts.log)],
       // Any fields (events, metrics, runtime options) in Connect JSON need their types.
       jsonOptions: { registry: JSON_REGISTRY },
       readMaxBytes: opts.maxRecvMessageSize,
       writeMaxBytes: opts.maxSendMessageSize,
-      fallback,
-      shutdownSignal: shutdown.signal,
+      acceptCompression: [compressionGzip, compressionBrotli],
     });
+    for (const s of opts.services) s.register(router);
+    const paths = new Map<string, UniversalHandler>();
+    for (const h of router.handlers) paths.set(h.requestPath, h);
+    const inflight = new Set<AbortController>();
+    const handle = (stream: H2Stream) => {
+      const q = stream.path.indexOf("?");
+      const handler = paths.get(q < 0 ? stream.path : stream.path.slice(0, q));
+      if (!handler) {
+        fallback(stream).catch(() => {});
+        return;
+      }
+      const header = new Headers();
+      for (const [name, value] of stream.headers) header.append(name, value);
+      // The call's signal: aborted when the client resets the stream or leaves, or when the
+      // daemon's shutdown grace runs out. Nothing aborts it after a normal end (nobody
+      // listens any more, and an abort costs a DOMException per call).
+      const ac = new AbortController();
+      const onReset = () => ac.abort(resetReason(stream.signal.reason));
+      stream.signal.addEventListener("abort", onReset, { once: true });
+      inflight.add(ac);
+      handler({
+        httpVersion: "2.0",
+        method: stream.method,
+        url: `${stream.scheme}://${stream.authority}${stream.path}`,
+        header,
+        body: stream.body(),
+        signal: ac.signal,
+      })
+        .then((res) => writeResponse(res, stream))
+        .catch((reason) => {
+          if (!stream.errored) stream.reset(H2Code.INTERNAL_ERROR);
+          if (ConnectError.from(reason).code !== Code.Aborted) {
+            opts.log.error("API handler failed", {
+              method: stream.path,
+              error: reason instanceof Error ? (reason.stack ?? reason.message) : String(reason),
+            });
+          }
+        })
+        .finally(() => {
+          inflight.delete(ac);
+          stream.signal.removeEventListener("abort", onReset);
+        });
+    };
     try {
       const st = await Deno.lstat(opts.address);
       if (await socketInUse(opts.address)) {
@@ -203,24 +279,17 @@ export class ApiServer {
     }
     const dir = opts.address.substring(0, opts.address.lastIndexOf("/")) || "/";
     await Deno.mkdir(dir, { recursive: true, mode: 0o711 });
-    const server = http2.createServer({}, handler);
-    const api = new ApiServer(opts.address, server, shutdown);
     // Created 0660 from the start: no window where others may connect.
     const oldMask = Deno.umask(0o117);
+    let listener: Deno.Listener;
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(opts.address, () => {
-          server.off("error", reject);
-          resolve();
-        });
-      });
+      listener = Deno.listen({ transport: "unix", path: opts.address });
     } finally {
       Deno.umask(oldMask);
     }
     await Deno.chmod(opts.address, 0o660);
     if (opts.uid !== 0 || opts.gid !== 0) await Deno.chown(opts.address, opts.uid, opts.gid);
-    return api;
+    return new ApiServer(opts.address, new H2Server(listener, handle), inflight);
   }
 
   /**
@@ -228,14 +297,10 @@ export class ApiServer {
    * connection and removes the socket.
    */
   async close(graceMs = 2000): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    for (const s of this.#sessions) s.close();
-    const timer = setTimeout(() => {
-      this.#shutdown.abort();
-      for (const s of this.#sessions) s.destroy();
-    }, graceMs);
-    await closed;
-    clearTimeout(timer);
+    await this.#server.close(graceMs, () => {
+      const err = new ConnectError("the daemon is shutting down", Code.Unavailable);
+      for (const ac of this.#inflight) ac.abort(err);
+    });
     try {
       await Deno.remove(this.address);
     } catch {

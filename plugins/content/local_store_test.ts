@@ -6,6 +6,7 @@ import { Digester, digestOf } from "./digest.ts";
 import { type Info, LocalStore, READ_CHUNK_SIZE } from "./local_store.ts";
 
 const enc = new TextEncoder();
+const dec = new TextDecoder();
 
 /** Runs `fn` with a store in a fresh temporary directory (inside `parent`), then removes it. */
 async function withStore(
@@ -133,6 +134,19 @@ Deno.test("LocalStore.read() rejects an offset past the end with OutOfRange", as
     await assert.rejects(store.readerAt(missing), kind("NotFound"));
     await assert.rejects(store.readBlob(missing), kind("NotFound"));
     await assert.rejects(store.info(missing), kind("NotFound"));
+  });
+});
+
+Deno.test("LocalStore.readSmallSync() reads ranges at once, declines large ones", async () => {
+  await withStore(async (store) => {
+    const digest = await writeBlob(store, "s", enc.encode("hello world"));
+    assert.equal(dec.decode(store.readSmallSync(digest, {}, 64)!), "hello world");
+    assert.equal(dec.decode(store.readSmallSync(digest, { offset: 6, size: 3 }, 64)!), "wor");
+    assert.equal(dec.decode(store.readSmallSync(digest, { offset: 6, size: 99 }, 64)!), "world");
+    assert.equal(store.readSmallSync(digest, { offset: 11 }, 64)!.length, 0);
+    assert.equal(store.readSmallSync(digest, {}, 10), null, "11 bytes over a 10-byte limit");
+    assert.throws(() => store.readSmallSync(digest, { offset: 12 }, 64), kind("OutOfRange"));
+    assert.throws(() => store.readSmallSync(digestOf("missing"), {}, 64), kind("NotFound"));
   });
 });
 

@@ -104,7 +104,14 @@ export function contentServiceImpl(store: MetadataContentStore): ServiceImpl<typ
       let offset = toNumber(req.offset, "read offset");
       const size = toNumber(req.size, "read size");
       if (offset < 0) offset = 0;
-      const stream = await store.read(namespaceRequired(ctx), req.digest, { offset, size });
+      const namespace = namespaceRequired(ctx);
+      // Manifests, configs, indexes: one read, one message.
+      const small = store.readSmallSync(namespace, req.digest, { offset, size }, SMALL_READ);
+      if (small !== null) {
+        yield create(ReadContentResponseSchema, { offset: BigInt(offset), data: small });
+        return;
+      }
+      const stream = await store.read(namespace, req.digest, { offset, size });
       for await (const data of stream) {
         yield create(ReadContentResponseSchema, { offset: BigInt(offset), data });
         offset += data.byteLength;
@@ -130,6 +137,9 @@ export function contentServiceImpl(store: MetadataContentStore): ServiceImpl<typ
     },
   };
 }
+
+/** Reads up to this size are answered with one synchronous read (see readSmallSync). */
+const SMALL_READ = 256 * 1024;
 
 /** containerd's `contentserver.Write`, one response per request. */
 async function* writeStream(

@@ -510,6 +510,17 @@ export class MetadataContentStore {
     return await this.backend.read(digest, options);
   }
 
+  /** A small byte range at once, or null when larger than `limit` (see LocalStore). */
+  readSmallSync(
+    namespace: string,
+    digest: string,
+    options: ReadOptions,
+    limit: number,
+  ): Uint8Array | null {
+    this.#checkAccess(namespace, digest, "read");
+    return this.backend.readSmallSync(digest, options, limit);
+  }
+
   #checkAccess(namespace: string, digest: string, action: string): void {
     const context = `Cannot ${action} content ${quote(digest)} in namespace ${quote(namespace)}`;
     validateIdentifier(namespace, "namespace");

@@ -15,6 +15,7 @@ import { Notifier } from "./notify.ts";
 import { ApiServer } from "../server/server.ts";
 import { isGrpcService, isTtrpcService } from "../server/service.ts";
 import { TtrpcServer } from "../ttrpc/server.ts";
+import { IdleReclaimer } from "../sys/reclaim.ts";
 import { revisionOf, VERSION } from "../version.ts";
 
 /** Command-line overrides of the config, as containerd's flags. */
@@ -48,6 +49,8 @@ export class Daemon {
   readonly plugins: PluginSet;
   readonly log: Logger;
   #server?: ApiServer;
+  /** Gives memory back after each burst of calls (see sys/reclaim.ts). */
+  readonly #reclaimer = new IdleReclaimer({ allowFlagChange: true });
   #ttrpc?: TtrpcServer;
   #ttrpcDone?: Promise<void>;
   #lock?: Deno.FsFile;
@@ -100,9 +103,11 @@ export class Daemon {
         maxSendMessageSize: config.grpc.max_send_message_size,
         services,
         log,
+        onCall: () => daemon.#reclaimer.touch(),
       });
       const ttrpcAddress = ttrpcAddressOf(config);
       const ttrpc = new TtrpcServer({
+        onRequest: () => daemon.#reclaimer.touch(),
         onError: (err) => log.warn(`ttrpc: ${err instanceof Error ? err.message : String(err)}`),
       });
       for (const p of plugins.getAll("io.containerd.grpc.v1").values()) {
@@ -125,6 +130,8 @@ export class Daemon {
     log.info(
       `tainerd successfully booted in ${((performance.now() - started) / 1000).toFixed(3)}s`,
     );
+    // Start-up garbage (module evaluation, descriptors, plugin init) goes once things settle.
+    daemon.#reclaimer.touch();
     return daemon;
   }
 
@@ -135,6 +142,7 @@ export class Daemon {
       const health = this.plugins.getAll<{ shutdown?: () => void }>("io.containerd.grpc.v1")
         .get("healthcheck");
       health?.shutdown?.();
+      this.#reclaimer.stop();
       await this.#server?.close();
       const grace = new AbortController();
       const timer = setTimeout(() => grace.abort(), 2000);

@@ -44,6 +44,8 @@ export interface ServeOptions {
   maxSendMessageSize: number;
   services: readonly GrpcService[];
   log: Logger;
+  /** Called for every call (activity, e.g. for an idle memory reclaimer). */
+  onCall?: () => void;
 }
 
 async function* mapStream<T>(
@@ -222,6 +224,7 @@ export class ApiServer {
     for (const h of router.handlers) paths.set(h.requestPath, h);
     const inflight = new Set<AbortController>();
     const handle = (stream: H2Stream) => {
+      opts.onCall?.();
       const q = stream.path.indexOf("?");
       const handler = paths.get(q < 0 ? stream.path : stream.path.slice(0, q));
       if (!handler) {

@@ -38,6 +38,7 @@ export const LIBC_SYMBOLS = {
   statfs: { parameters: ["buffer", "buffer"], result: "i32" },
   prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
   getpid: { parameters: [], result: "i32" },
+  malloc_trim: { parameters: ["usize"], result: "i32" },
   kill: { parameters: ["i32", "i32"], result: "i32" },
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   setsid: { parameters: [], result: "i32" },

@@ -72,6 +72,8 @@ export interface TtrpcServerOptions {
   onError?: (err: unknown) => void;
   /** Maximum frame data length. Default 4 MiB. */
   maxMessageLength?: number;
+  /** Called for every request (activity, e.g. for an idle memory reclaimer). */
+  onRequest?: () => void;
 }
 
 const notImplemented = (message: string) => new StatusError(Code.Unimplemented, message);
@@ -83,6 +85,8 @@ export class TtrpcServer {
   readonly #connections = new Set<ServerConnection>();
   readonly #onError: (err: unknown) => void;
   readonly #max: number;
+  /** Called for every request. */
+  readonly onRequest: (() => void) | undefined;
   #state: "open" | "shutdown" | "closed" = "open";
 
   /**
@@ -93,6 +97,7 @@ export class TtrpcServer {
   constructor(options: TtrpcServerOptions = {}) {
     this.#onError = options.onError ?? (() => {});
     this.#max = options.maxMessageLength ?? MAX_MESSAGE_LENGTH;
+    this.onRequest = options.onRequest;
   }
 
   /**
@@ -310,6 +315,7 @@ class ServerConnection {
       return;
     }
     if (frame.type !== MessageType.Request) return; // data for streams we do not keep: ignore
+    this.#server.onRequest?.();
     if (frame.streamId <= this.#lastStreamId) {
       this.#reply(frame.streamId, {
         code: Code.InvalidArgument,

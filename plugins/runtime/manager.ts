@@ -684,7 +684,7 @@ export class RuntimeManager {
 }
 
 /** V8 flags of tainerd's own shims (through `DENO_V8_FLAGS`) unless the daemon has some. */
-export const SHIM_V8_FLAGS = "--max-semi-space-size=1";
+export const SHIM_V8_FLAGS = "--max-semi-space-size=1,--expose-gc";
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;

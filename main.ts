@@ -4,12 +4,13 @@
  * @module
  */
 
-import { buildCli } from "./cli/cli.ts";
 import { shimArgs } from "./shim/dispatch.ts";
 
 /** Runs the command line; errors print one clear line and exit non-zero. */
 export async function main(args: string[]): Promise<void> {
   try {
+    // Loaded here, not at the top: a shim never evaluates the CLI's (and daemon's) modules.
+    const { buildCli } = await import("./cli/cli.ts");
     await buildCli().parseAsync(args, { from: "user" });
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);

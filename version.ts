@@ -12,13 +12,16 @@ export const VERSION: string = denoJson.version;
 /** The package name reported by `version`. */
 export const PACKAGE = "github.com/tainerd/tainerd";
 
+/** The directory beside a bundle's `tainerd.js` holding the chunks it loads (scripts/build.ts). */
+export const BUNDLE_CHUNKS_DIR = "chunks";
+
 /** What a build (`scripts/build.ts`) stamps into the program before it runs. */
 export interface BuildStamp {
   /** The git revision the build was made from ("" when unknown). */
   revision: string;
   /**
-   * Whether the program is one self-contained JavaScript file (a bundle, compiled or not): it
-   * then re-executes itself without any deno.json.
+   * Whether the program is a build's JavaScript (a bundle, compiled or not) rather than the
+   * source tree: it then re-executes itself without any deno.json.
    */
   bundled: boolean;
 }

@@ -11,8 +11,8 @@
  * `--from` names another (`dist/`, `dist/tainerd` or `dist/tainerd.js`):
  *
  * - compiled: `<prefix>/bin/tainerd`;
- * - bundle: `<prefix>/lib/tainerd/tainerd.js` and a `<prefix>/bin/tainerd` shell wrapper that
- *   runs it with the Deno that ran the install (else `deno` on PATH);
+ * - bundle: `<prefix>/lib/tainerd/tainerd.js` with its `chunks/`, and a `<prefix>/bin/tainerd`
+ *   shell wrapper that runs it with the Deno that ran the install (else `deno` on PATH);
  * - `<systemd-dir>/tainerd.service` (contrib/tainerd.service, ExecStart following the paths);
  * - `<config-dir>/config.toml` (`tainerd config default`) unless one exists.
  *
@@ -35,7 +35,7 @@ import UNIT from "../contrib/tainerd.service" with { type: "text" };
 import { DEFAULT_CONFIG_PATH, formatDefaultConfig } from "../config/config.ts";
 import { failedPrecondition, invalidArgument } from "../plugins/errdefs.ts";
 import { BUILTINS } from "../plugins/builtins.ts";
-import { isBundled } from "../version.ts";
+import { BUNDLE_CHUNKS_DIR, isBundled } from "../version.ts";
 
 /** contrib/tainerd.service as shipped: ExecStart=/usr/local/bin/tainerd daemon. */
 export const SYSTEMD_UNIT: string = UNIT;
@@ -223,6 +223,22 @@ export async function install(opts: InstallOptions = {}): Promise<InstallStep[]>
 
   const bin = `${prefix}/bin/tainerd`;
   const lib = `${prefix}/lib/tainerd/tainerd.js`;
+  const chunkDir = `${prefix}/lib/tainerd/${BUNDLE_CHUNKS_DIR}`;
+  // Chunks of an earlier bundle install that this one does not have (or all, for a binary).
+  const dropStaleChunks = async (keep: Set<string>) => {
+    let names: string[] = [];
+    try {
+      names = [...Deno.readDirSync(staged(chunkDir))].filter((e) => e.isFile).map((e) => e.name);
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      if (keep.has(name) || !name.endsWith(".js")) continue;
+      await Deno.remove(staged(`${chunkDir}/${name}`));
+      step(`${chunkDir}/${name}`, "removed");
+    }
+    await Deno.remove(staged(chunkDir)).catch(() => {}); // Only if empty.
+  };
   const files: ManifestFile[] = [];
   const putTracked = async (path: string, data: Uint8Array, mode: number) => {
     step(path, await put(staged(path), data, mode));
@@ -238,7 +254,24 @@ export async function install(opts: InstallOptions = {}): Promise<InstallStep[]>
     } catch {
       // None.
     }
+    await dropStaleChunks(new Set());
+    await Deno.remove(dirname(staged(lib))).catch(() => {});
   } else {
+    // The chunks first: the entry point loads them.
+    const from = join(dirname(source.path), BUNDLE_CHUNKS_DIR);
+    const names = new Set<string>();
+    try {
+      for (const e of Deno.readDirSync(from)) {
+        if (e.isFile && e.name.endsWith(".js")) names.add(e.name);
+      }
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
+    if (names.size > 0) await Deno.mkdir(staged(chunkDir), { recursive: true });
+    for (const name of [...names].sort()) {
+      await putTracked(`${chunkDir}/${name}`, await Deno.readFile(`${from}/${name}`), 0o644);
+    }
+    await dropStaleChunks(names);
     await putTracked(lib, await Deno.readFile(source.path), 0o755);
     const wrapper = bundleWrapper(lib, opts.deno ?? Deno.execPath());
     await putTracked(bin, encoder.encode(wrapper), 0o755);
@@ -399,7 +432,13 @@ export async function uninstall(opts: UninstallOptions = {}): Promise<InstallSte
       `${prefix}/lib/tainerd/tainerd.js`,
       `${systemdDir}/tainerd.service`,
     ]);
-    const foreign = m.files.filter((f) => !allowed.has(f.path)).map((f) => f.path);
+    // …and the bundle's chunks, by name, directly in its chunks directory.
+    const chunkPrefix = `${prefix}/lib/tainerd/${BUNDLE_CHUNKS_DIR}/`;
+    const isChunk = (p: string) =>
+      p.startsWith(chunkPrefix) && /^[\w.-]+\.js$/.test(p.slice(chunkPrefix.length));
+    const foreign = m.files.filter((f) => !allowed.has(f.path) && !isChunk(f.path)).map((f) =>
+      f.path
+    );
     if (foreign.length > 0) {
       throw failedPrecondition(
         `${mpath} lists files tainerd does not install (${foreign.join(", ")}); ` +
@@ -445,6 +484,7 @@ export async function uninstall(opts: UninstallOptions = {}): Promise<InstallSte
     }
   }
   if (text !== undefined) {
+    await Deno.remove(staged(`${prefix}/lib/tainerd/${BUNDLE_CHUNKS_DIR}`)).catch(() => {});
     await Deno.remove(staged(mpath));
     steps.push({ path: mpath, action: "removed" });
     await Deno.remove(staged(dirname(mpath))).catch(() => {}); // Only if empty.

@@ -6,9 +6,8 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
-import { posix } from "node:path";
 import { invalidArgument } from "../plugins/errdefs.ts";
+import { sha256Hex } from "../sys/sha256.ts";
 
 /** The environment variable naming the daemon's state directory (default `/run/tainerd`). */
 export const STATE_DIR_ENV = "TAINERD_STATE_DIR";
@@ -38,12 +37,28 @@ export function socketDir(): string {
   return Deno.env.get(SOCKET_DIR_ENV) || stateDir();
 }
 
+/** Go's `filepath.Clean`: the shortest equivalent path, lexically. */
+export function goClean(path: string): string {
+  if (path === "") return ".";
+  const rooted = path.startsWith("/");
+  const out: string[] = [];
+  for (const seg of path.split("/")) {
+    if (seg === "" || seg === ".") continue;
+    if (seg === "..") {
+      if (out.length > 0 && out[out.length - 1] !== "..") out.pop();
+      else if (!rooted) out.push("..");
+      continue;
+    }
+    out.push(seg);
+  }
+  const joined = (rooted ? "/" : "") + out.join("/");
+  return joined === "" ? "." : joined;
+}
+
 /** Go's `filepath.Join`: joins the non-empty parts and cleans the result. */
 function goJoin(...parts: string[]): string {
   const kept = parts.filter((p) => p !== "");
-  if (kept.length === 0) return "";
-  const joined = posix.normalize(kept.join("/"));
-  return joined.length > 1 && joined.endsWith("/") ? joined.slice(0, -1) : joined;
+  return kept.length === 0 ? "" : goClean(kept.join("/"));
 }
 
 /**
@@ -58,7 +73,7 @@ export function socketAddress(
   id: string,
   dir: string = socketDir(),
 ): string {
-  const hash = createHash("sha256").update(goJoin(daemonAddress, namespace, id)).digest("hex");
+  const hash = sha256Hex(goJoin(daemonAddress, namespace, id));
   const path = `${dir.replace(/\/+$/, "")}/s/${hash}`;
   const size = new TextEncoder().encode(path).length;
   if (size > SOCKET_PATH_LIMIT) {

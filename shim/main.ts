@@ -30,7 +30,6 @@
  * @module
  */
 
-import { fileURLToPath } from "node:url";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AnySchema, timestampNow } from "@bufbuild/protobuf/wkt";
 import { OptionsSchema } from "../api/gen/containerd/runtime/v2/runc/options/oci_pb.ts";
@@ -51,6 +50,7 @@ import {
 } from "../sys/libc.ts";
 import { unmountAll } from "../sys/mount.ts";
 import { TtrpcServer } from "../ttrpc/server.ts";
+import { IdleReclaimer } from "../sys/reclaim.ts";
 import { isBundled, VERSION } from "../version.ts";
 import {
   canConnect,
@@ -164,7 +164,7 @@ export function selfCommand(): { command: string; args: string[] } {
   if (Deno.build.standalone) return { command: Deno.execPath(), args: [] };
   const main = Deno.mainModule;
   if (isBundled()) {
-    const path = main.startsWith("file:") ? fileURLToPath(main) : main;
+    const path = main.startsWith("file:") ? decodeURIComponent(new URL(main).pathname) : main;
     return { command: Deno.execPath(), args: ["run", "-A", "--no-config", path] };
   }
   const args = ["run", "-A"];
@@ -552,10 +552,15 @@ export async function serveShim(flags: ShimFlags, log: Logger): Promise<void> {
       }, idleMs);
     },
   });
+  // Memory back to the host after each burst of calls (V8 flag --expose-gc comes from the
+  // daemon; without it, only glibc's arenas are trimmed).
+  const reclaimer = new IdleReclaimer();
   const server = new TtrpcServer({
     onError: (err) => log.warn("ttrpc server error", { error: `${err}` }),
+    onRequest: () => reclaimer.touch(),
   });
   server.register(Task, service.handlers());
+  reclaimer.touch();
 
   await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true, mode: 0o711 });
   let listener: Deno.Listener;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { TainerdError } from "../plugins/errdefs.ts";
-import { readAddress, socketAddress, socketPath, writeAddress } from "./address.ts";
+import { goClean, readAddress, socketAddress, socketPath, writeAddress } from "./address.ts";
 import { decodeRuncOptions, readBundleOptions, writeBundleOptions } from "./container.ts";
 import { parseShimFlags } from "./main.ts";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -109,4 +109,20 @@ Deno.test("The bundle's address and options files round-trip", async () => {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("goClean() is Go's filepath.Clean", () => {
+  const cases: [string, string][] = [
+    ["", "."],
+    ["/", "/"],
+    ["abc", "abc"],
+    ["abc/def/", "abc/def"],
+    ["a//b", "a/b"],
+    ["/../a", "/a"],
+    ["../../a", "../../a"],
+    ["a/../..", ".."],
+    ["a/./b/../c", "a/c"],
+    ["/run/tainerd//tainerd.sock/default/x/..", "/run/tainerd/tainerd.sock/default"],
+  ];
+  for (const [input, want] of cases) assert.equal(goClean(input), want, input);
 });

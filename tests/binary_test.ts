@@ -194,7 +194,7 @@ Deno.test("the bundle runs from anywhere: CLI, daemon, shims, install", async (t
   const dir = await Deno.makeTempDir({ prefix: "tainerd-bundle-" });
   const elsewhere = `${dir}/elsewhere`;
   try {
-    await t.step("scripts/build.ts bundle builds tainerd.js and its wrapper", async () => {
+    await t.step("scripts/build.ts bundle builds tainerd.js, its chunks and wrapper", async () => {
       const before = scratchDirs();
       const r = await build("bundle", `${dir}/dist`);
       assert.equal(r.code, 0, r.stderr);
@@ -203,10 +203,32 @@ Deno.test("the bundle runs from anywhere: CLI, daemon, shims, install", async (t
         assert.ok(((await Deno.stat(`${dir}/dist/${f}`)).mode! & 0o111) !== 0, `${f} executable`);
       }
       const js = await Deno.readTextFile(`${dir}/dist/tainerd.js`);
-      assert.ok(!js.includes(ROOT), "no path into the source tree");
-      assert.ok(!/\bimport\(\s*["'`]\.{0,2}\//.test(js), "no dynamic import left to load");
-      await Deno.mkdir(elsewhere);
-      for (const f of ["tainerd.js", "tainerd"]) {
+      const chunks = new Map<string, string>();
+      for (const e of Deno.readDirSync(`${dir}/dist/chunks`)) {
+        chunks.set(e.name, await Deno.readTextFile(`${dir}/dist/chunks/${e.name}`));
+      }
+      for (const text of [js, ...chunks.values()]) {
+        assert.ok(!text.includes(ROOT), "no path into the source tree");
+        for (const [, spec] of text.matchAll(/\bimport\(\s*["'`]([^"'`]+)["'`]/g)) {
+          assert.match(spec, /^(\.\/chunks\/|\.\/|node:)/, `a dynamic import of ${spec}`);
+        }
+      }
+      // The shim's static module graph: its chunk and what it imports, transitively. None of
+      // it may load Node's compatibility layer (the shim's start-up time).
+      const shimChunk = [...chunks].find(([, t]) => /^\/\/ shim\/main\.ts$/m.test(t))?.[0];
+      assert.ok(shimChunk, "a chunk holds shim/main.ts");
+      const seen = new Set<string>();
+      const visit = (name: string) => {
+        if (seen.has(name)) return;
+        seen.add(name);
+        for (const [, spec] of chunks.get(name)!.matchAll(/^import[^"]*"([^"]+)";$/gm)) {
+          assert.ok(!spec.startsWith("node:"), `the shim's ${name} imports ${spec}`);
+          if (spec.startsWith("./")) visit(spec.slice(2));
+        }
+      };
+      visit(shimChunk);
+      await Deno.mkdir(`${elsewhere}/chunks`, { recursive: true });
+      for (const f of ["tainerd.js", "tainerd", ...[...chunks.keys()].map((n) => `chunks/${n}`)]) {
         await Deno.copyFile(`${dir}/dist/${f}`, `${elsewhere}/${f}`);
       }
       await Deno.remove(`${dir}/dist`, { recursive: true });

@@ -26,6 +26,8 @@ async function fakeBuild(dir: string, kind: "bundle" | "compiled"): Promise<stri
     await Deno.copyFile("/bin/true", `${out}/tainerd`);
   } else {
     await Deno.writeTextFile(`${out}/tainerd.js`, "console.log('fake bundle');\n");
+    await Deno.mkdir(`${out}/chunks`);
+    await Deno.writeTextFile(`${out}/chunks/cli-ABCD1234.js`, "export const cli = 1;\n");
     await Deno.writeTextFile(`${out}/tainerd`, "#!/bin/sh\n", { mode: 0o755 });
   }
   return out;
@@ -50,6 +52,7 @@ Deno.test("install() stages a bundle, its wrapper, the unit and the default conf
     const from = await fakeBuild(dir, "bundle");
     const steps = await install({ root, from, deno: "/opt/deno/bin/deno" });
     assert.deepEqual(steps, [
+      { path: "/usr/local/lib/tainerd/chunks/cli-ABCD1234.js", action: "installed" },
       { path: "/usr/local/lib/tainerd/tainerd.js", action: "installed" },
       { path: "/usr/local/bin/tainerd", action: "installed" },
       { path: "/etc/systemd/system/tainerd.service", action: "installed" },
@@ -82,6 +85,7 @@ Deno.test("install() stages a bundle, its wrapper, the unit and the default conf
       "etc/systemd/system/tainerd.service",
       "etc/tainerd/config.toml",
       "usr/local/bin/tainerd",
+      "usr/local/lib/tainerd/chunks/cli-ABCD1234.js",
       "usr/local/lib/tainerd/install-manifest.json",
       "usr/local/lib/tainerd/tainerd.js",
     ], "nothing else, no temp file left");
@@ -90,6 +94,7 @@ Deno.test("install() stages a bundle, its wrapper, the unit and the default conf
     );
     assert.equal(manifest.kind, "bundle");
     assert.deepEqual(manifest.files.map((f) => f.path), [
+      "/usr/local/lib/tainerd/chunks/cli-ABCD1234.js",
       "/usr/local/lib/tainerd/tainerd.js",
       "/usr/local/bin/tainerd",
       "/etc/systemd/system/tainerd.service",
@@ -117,20 +122,30 @@ Deno.test("install() is idempotent and keeps an existing config", () =>
       "unchanged",
       "unchanged",
       "unchanged",
+      "unchanged",
       "kept",
       "unchanged",
     ]);
     assert.equal(await Deno.readTextFile(config), 'version = 2\nroot = "/srv/tainerd"\n');
-    // An upgrade replaces the program.
+    // An upgrade replaces the program, and its chunks: the old one goes.
     await Deno.writeTextFile(`${from}/tainerd.js`, "console.log('newer');\n");
+    await Deno.rename(`${from}/chunks/cli-ABCD1234.js`, `${from}/chunks/cli-EFGH5678.js`);
     const upgrade = await install({ root, from, deno: "/usr/bin/deno" });
-    assert.deepEqual(upgrade.map((s) => s.action), [
-      "installed",
-      "unchanged",
-      "unchanged",
-      "kept",
-      "installed",
+    assert.deepEqual(upgrade.map((s) => [s.path.split("/").at(-1), s.action]), [
+      ["cli-EFGH5678.js", "installed"],
+      ["cli-ABCD1234.js", "removed"],
+      ["tainerd.js", "installed"],
+      ["tainerd", "unchanged"],
+      ["tainerd.service", "unchanged"],
+      ["config.toml", "kept"],
+      ["install-manifest.json", "installed"],
     ], "the manifest records the new hash");
+    assert.deepEqual(
+      [...Deno.readDirSync(`${root}/usr/local/lib/tainerd/chunks`)].map((e) => e.name),
+      [
+        "cli-EFGH5678.js",
+      ],
+    );
     assert.equal(
       await Deno.readTextFile(`${root}/usr/local/lib/tainerd/tainerd.js`),
       "console.log('newer');\n",
@@ -258,6 +273,7 @@ Deno.test("uninstall() removes a bundle install, keeps the config and the data, 
     await Deno.writeTextFile(`${root}/etc/systemd/system/other.service`, "[Unit]\n");
     const steps = await uninstall({ root });
     assert.deepEqual(steps, [
+      { path: "/usr/local/lib/tainerd/chunks/cli-ABCD1234.js", action: "removed" },
       { path: "/usr/local/lib/tainerd/tainerd.js", action: "removed" },
       { path: "/usr/local/bin/tainerd", action: "removed" },
       { path: "/etc/systemd/system/tainerd.service", action: "removed" },

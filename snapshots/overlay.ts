@@ -37,15 +37,40 @@ function inUserNamespace(): boolean {
 
 const TMPFS_MAGIC = 0x01021994;
 
+/** The file under a snapshotter root recording the boot whose check passed. */
+export const OVERLAY_CHECK_STAMP = ".overlay-supported";
+
+function bootId(): string {
+  try {
+    return Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
+  } catch {
+    return "";
+  }
+}
+
 /**
  * Checks that overlayfs works on the filesystem of `root`, as containerd's
  * `overlayutils.Supported`: mounts an overlay of two lower dirs, an upper and a work dir in a
- * temporary directory under `root`, and unmounts it.
+ * temporary directory under `root`, and unmounts it. A pass is recorded in `root` with the
+ * kernel's boot id, and not checked again until the next boot (the mount test was ~10 ms of
+ * every daemon restart).
  *
  * @throws {TainerdError} NotImplemented when it cannot be mounted
  */
 export async function checkOverlaySupported(root: string): Promise<void> {
   Deno.mkdirSync(root, { recursive: true, mode: 0o700 });
+  const boot = bootId();
+  const stamp = `${root}/${OVERLAY_CHECK_STAMP}`;
+  try {
+    if (boot !== "" && Deno.readTextFileSync(stamp).trim() === boot) return;
+  } catch {
+    // Not checked yet in this boot.
+  }
+  await mountCheck(root);
+  if (boot !== "") Deno.writeTextFileSync(stamp, `${boot}\n`, { mode: 0o600 });
+}
+
+async function mountCheck(root: string): Promise<void> {
   const td = await Deno.makeTempDir({ dir: root, prefix: "overlay-check-" });
   try {
     for (const d of ["lower1", "lower2", "upper", "work", "merged"]) Deno.mkdirSync(`${td}/${d}`);

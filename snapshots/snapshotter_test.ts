@@ -3,7 +3,7 @@ import { isKind } from "../plugins/errdefs.ts";
 import { mountOne, unmountAll, withTempMount } from "../sys/mount.ts";
 import { mountinfo } from "../sys/mountinfo.ts";
 import { NativeSnapshotter } from "./native.ts";
-import { OverlaySnapshotter } from "./overlay.ts";
+import { checkOverlaySupported, OVERLAY_CHECK_STAMP, OverlaySnapshotter } from "./overlay.ts";
 import type { Info, Mount, Snapshotter } from "./snapshotter.ts";
 import { MetaStore } from "./storage.ts";
 import { withTempDir } from "./test_helpers.ts";
@@ -444,5 +444,22 @@ Deno.test("NativeSnapshotter.commit() cannot rebase", async () => {
     } finally {
       await sn.close();
     }
+  });
+});
+
+Deno.test("checkOverlaySupported() records a pass for this boot, and checks again after", async () => {
+  await withTempDir(async (root) => {
+    const stamp = `${root}/${OVERLAY_CHECK_STAMP}`;
+    const boot = Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
+    await checkOverlaySupported(root);
+    assert.equal(Deno.readTextFileSync(stamp).trim(), boot);
+    // A stamp from another boot: the mount check runs again (and leaves no temp dir).
+    Deno.writeTextFileSync(stamp, "another-boot\n");
+    await checkOverlaySupported(root);
+    assert.equal(Deno.readTextFileSync(stamp).trim(), boot);
+    assert.deepEqual(
+      [...Deno.readDirSync(root)].map((e) => e.name).filter((n) => n.startsWith("overlay-check")),
+      [],
+    );
   });
 });

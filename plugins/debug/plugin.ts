@@ -9,7 +9,6 @@
  * @module
  */
 
-import { Session } from "node:inspector";
 import type { Logger } from "../../log.ts";
 import { PluginType, type Registration } from "../plugin.ts";
 
@@ -44,6 +43,8 @@ export class DebugServer {
 
   /** Takes a CPU profile for `seconds`. */
   async profile(seconds: number, signal: AbortSignal): Promise<unknown> {
+    // Loaded on demand: node:inspector is of no use to a daemon nobody profiles.
+    const { Session } = await import("node:inspector");
     const session = new Session();
     session.connect();
     const post = (method: string) =>

@@ -4,14 +4,16 @@
  *
  * ```sh
  * deno task bench                  # every figure; writes bench/results/<date>.json, latest.md
- * deno task bench --quick --only 6 # a smoke run of some figures (prints, saves nothing)
+ * deno task bench --quick --only 6 # a quick run of some figures (prints, saves nothing)
+ * deno task bench --smoke          # every figure at toy sizes (tests/bench_smoke_test.ts)
  * ```
  *
  * Figures: 1 `ctr run --rm` latency (with `runc run` as the floor), 2 twenty concurrent
  * `ctr run -d` and their teardown, 3 pull of a large image from a loopback registry, 4 daemon
  * and shim memory, 5 daemon restart with running containers, 6 API calls per second.
  *
- * Options: `--quick` (fewer repetitions, smaller pull image), `--only 1,4`, `--keep` (keep the
+ * Options: `--quick` (fewer repetitions, smaller pull image), `--smoke` (toy sizes: proves every
+ * figure still runs, measures nothing worth reading), `--only 1,4`, `--keep` (keep the
  * temp dir with the daemons' logs), `--no-save` (print only), `--per-container-shims` (tainerd
  * with runtime `shim_group = ""`, one shim per container as containerd, instead of its default
  * shared shim per namespace), `--from-source` (tainerd by `deno run main.ts` instead of the
@@ -33,7 +35,7 @@ const REPO = new URL("..", import.meta.url).pathname;
 
 function usage(): never {
   console.error(
-    "usage: deno task bench [--quick] [--only 1,2,…] [--keep] [--no-save] [--per-container-shims] [--from-source]",
+    "usage: deno task bench [--quick|--smoke] [--only 1,2,…] [--keep] [--no-save] [--per-container-shims] [--from-source]",
   );
   Deno.exit(2);
 }
@@ -43,6 +45,7 @@ function parseArgs(args: string[]): Options & { save: boolean } {
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === "--quick") opts.quick = true;
+    else if (a === "--smoke") opts.quick = opts.smoke = true;
     else if (a === "--keep") opts.keep = true;
     else if (a === "--no-save") opts.save = false;
     else if (a === "--per-container-shims") opts.perContainerShims = true;

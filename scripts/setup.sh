@@ -23,7 +23,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   ca-certificates curl git tar gzip zstd attr libarchive-tools \
   runc containerd docker-registry skopeo umoci busybox-static \
-  containernetworking-plugins iptables iproute2 socat hyperfine tmux apache2-utils openssl util-linux \
+  containernetworking-plugins iptables iproute2 socat hyperfine nghttp2-client tmux apache2-utils openssl util-linux \
   systemd >/dev/null
 
 if ! command -v deno >/dev/null || [ "$(deno --version | head -1 | cut -d' ' -f2)" != "$DENO_VERSION" ]; then

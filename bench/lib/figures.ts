@@ -84,7 +84,7 @@ const ids = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `
 
 /** 1. `ctr run --rm … true` latency (image and --rootfs), with `runc run` as the floor. */
 export async function runLatency(s: Session): Promise<void> {
-  const n = s.opts.quick ? 6 : 30;
+  const n = s.opts.smoke ? 2 : s.opts.quick ? 6 : 30;
   const warm = s.opts.quick ? 1 : 2;
   const img = await s.runImage();
   const na: Partial<Record<Kind, string>> = {};
@@ -301,7 +301,9 @@ function exists(path: string): boolean {
 /** 3. Pull of a large image from the loopback registry: download, unpack, total. */
 export async function pull(s: Session): Promise<void> {
   const reps = s.opts.quick ? 1 : 3;
-  const size = s.opts.quick
+  const size = s.opts.smoke
+    ? { randomMiB: 4, smallFiles: 200 }
+    : s.opts.quick
     ? { randomMiB: 48, smallFiles: 2_000 }
     : { randomMiB: 200, smallFiles: 20_000 };
   const registry = await s.registry();
@@ -650,10 +652,59 @@ async function hammer(
   return count / ((performance.now() - t0) / 1000);
 }
 
+/** What h2load (nghttp2's native load generator) measured for one gRPC method. */
+interface H2loadResult {
+  /** Calls per second. */
+  rps: number;
+  /** Mean time per call, in microseconds. */
+  meanUs: number;
+}
+
+/**
+ * `h2load` of a unary gRPC call with an empty request over one connection, `inFlight` streams
+ * at once: the server's own cost, with a client that barely uses any CPU. Every call must
+ * answer 200 (gRPC errors are checked beforehand with ctr).
+ */
+async function h2load(
+  s: Session,
+  address: string,
+  path: string,
+  requests: number,
+  inFlight: number,
+): Promise<H2loadResult> {
+  const body = `${s.dir}/empty.grpc`;
+  await Deno.writeFile(body, new Uint8Array(5)); // an uncompressed, empty message
+  const r = await mustExec("h2load", [
+    "-B",
+    `unix:${address}`,
+    "-n",
+    String(requests),
+    "-c",
+    "1",
+    "-m",
+    String(inFlight),
+    "-d",
+    body,
+    "-H",
+    "content-type: application/grpc",
+    "-H",
+    "te: trailers",
+    "-H",
+    `containerd-namespace: ${NAMESPACE}`,
+    `http://localhost${path}`,
+  ]);
+  const rps = Number(/finished in [\d.]+m?s, ([\d.]+) req\/s/.exec(r.stdout)?.[1]);
+  const ok = Number(/status codes: (\d+) 2xx/.exec(r.stdout)?.[1]);
+  const mean = /time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\b/.exec(r.stdout);
+  if (!rps || ok !== requests || !mean) throw new Error(`h2load: unexpected output:\n${r.stdout}`);
+  const scale = mean[2] === "us" ? 1 : mean[2] === "ms" ? 1000 : 1e6;
+  return { rps, meanUs: Number(mean[1]) * scale };
+}
+
 /** 6. API round trips per second: Version and Containers/List, 16 calls in flight. */
 export async function apiRoundTrip(s: Session): Promise<void> {
   const reps = s.opts.quick ? 1 : 3;
-  const seconds = s.opts.quick ? 2 : 5;
+  const seconds = s.opts.smoke ? 0.5 : s.opts.quick ? 2 : 5;
   const concurrency = 16;
   const listed = 10;
   for (const d of s.daemons) {
@@ -694,8 +745,57 @@ export async function apiRoundTrip(s: Session): Promise<void> {
   } finally {
     clients.containerd.close();
     clients.tainerd.close();
+  }
+  // The same calls from h2load: the servers' own cost (the Deno client above is a large share
+  // of the CPU it measures).
+  const h2 = { version16: samples(), list16: samples(), version1: samples() };
+  const h2na: Partial<Record<Kind, string>> = {};
+  const requests = s.opts.smoke ? 400 : s.opts.quick ? 2000 : 20000;
+  try {
+    for (let rep = 0; rep < reps; rep++) {
+      for (const d of s.order(rep)) {
+        const v = "/containerd.services.version.v1.Version/Version";
+        const l = "/containerd.services.containers.v1.Containers/List";
+        h2.version16[d.kind].push((await h2load(s, d.address, v, requests, 16)).rps);
+        h2.list16[d.kind].push((await h2load(s, d.address, l, requests / 4, 16)).rps);
+        h2.version1[d.kind].push((await h2load(s, d.address, v, requests / 4, 1)).meanUs);
+      }
+    }
+  } catch (err) {
+    h2na.containerd = h2na.tainerd = (err as Error).message.split("\n")[0];
+  } finally {
     for (const d of s.daemons) await d.ctr(["containers", "rm", ...ids("api", listed)]);
   }
+  const h2note =
+    `h2load (nghttp2-client), one connection, 16 streams in flight, ${requests} calls (List: a quarter)`;
+  s.rows.push(
+    row({
+      figure: 6,
+      metric: "`Version/Version` calls/s, h2load",
+      unit: "calls/s",
+      better: "higher",
+      containerd: cellOf(h2.version16, "containerd", h2na),
+      tainerd: cellOf(h2.version16, "tainerd", h2na),
+      note: h2note,
+    }),
+    row({
+      figure: 6,
+      metric: `\`Containers/List\` (${listed} containers) calls/s, h2load`,
+      unit: "calls/s",
+      better: "higher",
+      containerd: cellOf(h2.list16, "containerd", h2na),
+      tainerd: cellOf(h2.list16, "tainerd", h2na),
+    }),
+    row({
+      figure: 6,
+      metric: "`Version/Version` round trip, one call at a time, h2load",
+      unit: "µs",
+      better: "lower",
+      containerd: cellOf(h2.version1, "containerd", h2na),
+      tainerd: cellOf(h2.version1, "tainerd", h2na),
+      note: `mean time per call of ${requests / 4} sequential calls`,
+    }),
+  );
   const note =
     `connect-node gRPC client (TainerdClient's stack, default keepalive), one HTTP/2 connection, ${concurrency} in flight, ${seconds} s per run; the client shares the 2 CPUs`;
   s.rows.push(

@@ -18,6 +18,8 @@ import type { Row } from "./stats.ts";
 export interface Options {
   /** Fewer repetitions and a smaller pull image: a smoke run. */
   quick: boolean;
+  /** The smallest sizes that still run every code path (the test suite's smoke run). */
+  smoke?: boolean;
   /** Only these figures (1–6). */
   only?: number[];
   /** Keep the temp dir (logs) after the run. */

@@ -161,16 +161,30 @@ function fieldsOf(h: Headers | undefined): [string, string][] {
   return out;
 }
 
-/** Writes Connect's answer to the stream: headers after the first chunk, then trailers. */
-async function writeResponse(res: UniversalServerResponse, stream: H2Stream): Promise<void> {
+/**
+ * Writes Connect's answer to the stream: headers after the first chunk, then trailers. The
+ * answer of a unary (or client-streaming) call is gathered first and queued without an `await`
+ * when the windows allow, so that headers, message and trailers leave in one write (the client
+ * waits for the trailers; apart, they cost it a second wake-up per call).
+ */
+async function writeResponse(
+  res: UniversalServerResponse,
+  stream: H2Stream,
+  singleAnswer: boolean,
+): Promise<void> {
   const it = res.body?.[Symbol.asyncIterator]();
   try {
-    if (it !== undefined) {
+    if (it !== undefined && singleAnswer) {
+      const chunks: Uint8Array[] = [];
+      for (let c = await it.next(); c.done !== true; c = await it.next()) chunks.push(c.value);
+      stream.respond(res.status, fieldsOf(res.header));
+      for (const c of chunks) if (!stream.writeNow(c)) await stream.write(c);
+    } else if (it !== undefined) {
       let chunk = await it.next();
       // Headers go after the first chunk: the implementation may still set some until then.
       stream.respond(res.status, fieldsOf(res.header));
       for (; chunk.done !== true; chunk = await it.next()) {
-        await stream.write(chunk.value);
+        if (!stream.writeNow(chunk.value)) await stream.write(chunk.value);
       }
     }
     if (!stream.headersSent) stream.respond(res.status, fieldsOf(res.header));
@@ -248,7 +262,14 @@ export class ApiServer {
         body: stream.body(),
         signal: ac.signal,
       })
-        .then((res) => writeResponse(res, stream))
+        .then((res) =>
+          writeResponse(
+            res,
+            stream,
+            handler.method.methodKind === "unary" ||
+              handler.method.methodKind === "client_streaming",
+          )
+        )
         .catch((reason) => {
           if (!stream.errored) stream.reset(H2Code.INTERNAL_ERROR);
           if (ConnectError.from(reason).code !== Code.Aborted) {

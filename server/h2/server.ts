@@ -256,6 +256,16 @@ export class H2Stream {
     await this.#conn.sendData(this, data);
   }
 
+  /**
+   * Sends body bytes at once if the flow-control windows allow all of them, returning true;
+   * else sends nothing and returns false (then {@linkcode write}). A whole small answer queued
+   * without an `await` goes out in one socket write.
+   */
+  writeNow(data: Uint8Array): boolean {
+    if (!this.#headersSent) throw new Error("write before respond");
+    return data.length === 0 || this.#conn.trySendData(this, data);
+  }
+
   /** Ends the response, with trailers if given (else an empty DATA frame with END_STREAM). */
   end(trailers?: Iterable<readonly [string, string]>): void {
     if (this.#error) throw this.#error;
@@ -743,6 +753,27 @@ export class H2Connection {
       off += n;
       first = false;
     } while (off < block.length);
+  }
+
+  /**
+   * @internal DATA frames for all of `data` now, if the flow-control windows allow all of it
+   * (and the output queue is not backed up); false, sending nothing, otherwise.
+   */
+  trySendData(stream: H2Stream, data: Uint8Array): boolean {
+    if (stream.errored || this.#closed) {
+      throw new H2StreamError(H2Code.CANCEL, "stream closed while writing");
+    }
+    const n = data.length;
+    if (n > this.#sendWindow || n > stream.sendWindow || this.#outBytes > 1 << 20) return false;
+    for (let off = 0; off < n; off += this.#peerMaxFrame) {
+      const len = Math.min(this.#peerMaxFrame, n - off);
+      const f = frameHeader(len, T.DATA, 0, stream.id);
+      f.set(data.subarray(off, off + len), 9);
+      this.sendRaw(f);
+    }
+    this.#sendWindow -= n;
+    stream.sendWindow -= n;
+    return true;
   }
 
   /** @internal DATA frames for `data`, waiting for window as needed. */

@@ -62,6 +62,12 @@ export interface ClientOptions {
   lease?: string;
   /** Per-call timeout in milliseconds. */
   timeoutMs?: number;
+  /**
+   * Another way to the daemon than its socket: given the client's interceptors (namespace and
+   * lease headers), returns the transport to call through. The daemon's own plugins (the CRI)
+   * use an in-process one (`server/server.ts` `inProcessTransport`).
+   */
+  transport?: (interceptors: Interceptor[]) => Transport;
 }
 
 /** A connection to a tainerd (or containerd) daemon. */
@@ -69,7 +75,7 @@ export class TainerdClient {
   readonly address: string;
   namespace: string;
   lease?: string;
-  readonly #sessions: Http2SessionManager;
+  readonly #sessions?: Http2SessionManager;
   readonly #transport: Transport;
   readonly #clients = new Map<DescService, unknown>();
 
@@ -84,6 +90,10 @@ export class TainerdClient {
       if (this.lease && !req.header.has(LEASE_HEADER)) req.header.set(LEASE_HEADER, this.lease);
       return await next(req);
     };
+    if (opts.transport) {
+      this.#transport = opts.transport([headers]);
+      return;
+    }
     this.#sessions = new Http2SessionManager("http://localhost", {}, {
       createConnection: () => net.connect(opts.address),
     });
@@ -142,6 +152,6 @@ export class TainerdClient {
 
   /** Closes the connection. */
   close(): void {
-    this.#sessions.abort();
+    this.#sessions?.abort();
   }
 }

@@ -6,7 +6,14 @@
  * @module
  */
 
-import { Code, ConnectError, createConnectRouter, type Interceptor } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createConnectRouter,
+  createRouterTransport,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/connect/protocol";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { createRegistry } from "@bufbuild/protobuf";
@@ -101,6 +108,35 @@ export function edgeInterceptor(log: Logger): Interceptor {
       finish(err);
       throw toConnectError(err);
     }
+  };
+}
+
+/**
+ * A transport to the daemon's services inside the daemon: calls go through the same router
+ * setup as the socket's (the edge interceptor logs, counts and maps errors; the same limits)
+ * without HTTP/2 or a socket. The router is built on first use, once every service exists.
+ */
+export function inProcessTransport(
+  services: () => readonly GrpcService[],
+  opts: { log: Logger; maxRecvMessageSize: number; maxSendMessageSize: number },
+  interceptors: Interceptor[] = [],
+): Transport {
+  let transport: Transport | undefined;
+  const get = () =>
+    transport ??= createRouterTransport((router) => {
+      for (const s of services()) s.register(router);
+    }, {
+      router: {
+        interceptors: [edgeInterceptor(opts.log)],
+        jsonOptions: { registry: JSON_REGISTRY },
+        readMaxBytes: opts.maxRecvMessageSize,
+        writeMaxBytes: opts.maxSendMessageSize,
+      },
+      transport: { interceptors },
+    });
+  return {
+    unary: (...args) => get().unary(...args),
+    stream: (...args) => get().stream(...args),
   };
 }
 

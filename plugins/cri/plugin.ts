@@ -29,7 +29,12 @@ import { CriRuntime } from "./runtime.ts";
 import { CriRuntimeService } from "./service.ts";
 import { nowNs, timestampNs } from "./store.ts";
 import { StreamingServer } from "./streaming/server.ts";
+import { inProcessTransport } from "../../server/server.ts";
+import { type GrpcService, isGrpcService } from "../../server/service.ts";
 import { CriStreamingRuntime } from "./streaming_runtime.ts";
+
+/** Message size limit of the CRI's in-process calls (the socket's default). */
+const IN_PROCESS_MAX_MESSAGE = 16 * 1024 * 1024;
 
 /** The CRI plugin instance. */
 export class CriPlugin {
@@ -50,12 +55,25 @@ export class CriPlugin {
     config: CriConfig,
     ic: { root: string; state: string; address: string; log: Logger },
     exchange: Exchange,
+    services?: () => readonly GrpcService[],
   ) {
     this.config = config;
     this.#ic = ic;
     this.#exchange = exchange;
     this.#ready.promise.catch(() => {});
-    this.#client = new TainerdClient({ address: ic.address, namespace: CRI_NAMESPACE });
+    // The daemon's services in process when given (no HTTP/2 client and server per call, as
+    // through the socket), else through the socket.
+    this.#client = new TainerdClient({
+      address: ic.address,
+      namespace: CRI_NAMESPACE,
+      transport: services &&
+        ((interceptors) =>
+          inProcessTransport(services, {
+            log: ic.log,
+            maxRecvMessageSize: IN_PROCESS_MAX_MESSAGE,
+            maxSendMessageSize: IN_PROCESS_MAX_MESSAGE,
+          }, interceptors)),
+    });
     this.images = new CriImageService({
       client: this.#client,
       snapshotter: config.containerd.snapshotter,
@@ -205,5 +223,10 @@ export const criPlugin: Registration<CriPlugin, CriConfig> = {
       ic.config,
       { root: ic.root, state: ic.state, address: ic.address, log: ic.log },
       ic.get(exchangePlugin),
+      // Every gRPC service but the CRI's own, looked up on the first call (all exist by then).
+      () =>
+        [...ic.getAll(PluginType.GRPC).values()].filter(isGrpcService).filter((s) =>
+          !(s instanceof CriPlugin)
+        ),
     ),
 };

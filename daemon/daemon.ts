@@ -50,7 +50,10 @@ export class Daemon {
   readonly log: Logger;
   #server?: ApiServer;
   /** Gives memory back after each burst of calls (see sys/reclaim.ts). */
-  readonly #reclaimer = new IdleReclaimer({ allowFlagChange: true });
+  readonly #reclaimer = new IdleReclaimer({
+    allowFlagChange: true,
+    onReclaim: (ms) => this.log.debug("memory reclaimed", { ms: ms.toFixed(1) }),
+  });
   #ttrpc?: TtrpcServer;
   #ttrpcDone?: Promise<void>;
   #lock?: Deno.FsFile;

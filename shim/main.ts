@@ -156,9 +156,11 @@ function writeAllSync(file: { writeSync(p: Uint8Array): number }, data: Uint8Arr
 }
 
 /**
- * The command that re-executes this program: the compiled binary itself, a bundle as
- * `deno run -A --no-config <bundle.js>` (it needs nothing beside it), or the source as
- * `deno run -A [--config <deno.json>] <main module>`.
+ * The command that re-executes this program as a shim (the caller appends `shim …`): the
+ * compiled binary itself, a bundle as `deno run -A --no-config <bundle.js>` (its chunks beside
+ * it), or the source as `deno run -A [--config <deno.json>] shim/main.ts` — this module, not
+ * main.ts, whose dynamic imports made Deno analyse the whole CLI's graph at every shim start
+ * (+170 ms from source).
  */
 export function selfCommand(): { command: string; args: string[] } {
   if (Deno.build.standalone) return { command: Deno.execPath(), args: [] };
@@ -184,8 +186,10 @@ export function selfCommand(): { command: string; args: string[] } {
       }
       dir = dir.slice(0, dir.lastIndexOf("/"));
     }
+    args.push(import.meta.url);
+  } else {
+    args.push(main);
   }
-  args.push(main);
   return { command: Deno.execPath(), args };
 }
 
@@ -649,4 +653,10 @@ export async function runShim(args: string[]): Promise<never> {
     Deno.exit(1);
   }
   Deno.exit(0);
+}
+
+// Run from source as `deno run … shim/main.ts shim …` (see selfCommand).
+if (import.meta.main) {
+  const args = Deno.args[0] === "shim" ? Deno.args.slice(1) : [...Deno.args];
+  await runShim(args);
 }

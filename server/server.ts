@@ -9,6 +9,7 @@
 import {
   Code,
   ConnectError,
+  type ConnectRouterOptions,
   createConnectRouter,
   createRouterTransport,
   type Interceptor,
@@ -111,6 +112,19 @@ export function edgeInterceptor(log: Logger): Interceptor {
   };
 }
 
+/** What every router of the daemon's services shares: the edge, Any types, the size limits. */
+function routerOptions(
+  opts: { log: Logger; maxRecvMessageSize: number; maxSendMessageSize: number },
+): ConnectRouterOptions {
+  return {
+    interceptors: [edgeInterceptor(opts.log)],
+    // Any fields (events, metrics, runtime options) in Connect JSON need their types.
+    jsonOptions: { registry: JSON_REGISTRY },
+    readMaxBytes: opts.maxRecvMessageSize,
+    writeMaxBytes: opts.maxSendMessageSize,
+  };
+}
+
 /**
  * A transport to the daemon's services inside the daemon: calls go through the same router
  * setup as the socket's (the edge interceptor logs, counts and maps errors; the same limits)
@@ -126,12 +140,7 @@ export function inProcessTransport(
     transport ??= createRouterTransport((router) => {
       for (const s of services()) s.register(router);
     }, {
-      router: {
-        interceptors: [edgeInterceptor(opts.log)],
-        jsonOptions: { registry: JSON_REGISTRY },
-        readMaxBytes: opts.maxRecvMessageSize,
-        writeMaxBytes: opts.maxSendMessageSize,
-      },
+      router: routerOptions(opts),
       transport: { interceptors },
     });
   return {
@@ -262,11 +271,7 @@ export class ApiServer {
    */
   static async listen(opts: ServeOptions): Promise<ApiServer> {
     const router = createConnectRouter({
-      interceptors: [edgeInterceptor(opts.log)],
-      // Any fields (events, metrics, runtime options) in Connect JSON need their types.
-      jsonOptions: { registry: JSON_REGISTRY },
-      readMaxBytes: opts.maxRecvMessageSize,
-      writeMaxBytes: opts.maxSendMessageSize,
+      ...routerOptions(opts),
       acceptCompression: [compressionGzip, compressionBrotli],
     });
     for (const s of opts.services) s.register(router);

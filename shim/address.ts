@@ -6,6 +6,7 @@
  * @module
  */
 
+import { cleanPath } from "../diff/root_path.ts";
 import { invalidArgument } from "../plugins/errdefs.ts";
 import { sha256Hex } from "../sys/sha256.ts";
 
@@ -37,28 +38,10 @@ export function socketDir(): string {
   return Deno.env.get(SOCKET_DIR_ENV) || stateDir();
 }
 
-/** Go's `filepath.Clean`: the shortest equivalent path, lexically. */
-export function goClean(path: string): string {
-  if (path === "") return ".";
-  const rooted = path.startsWith("/");
-  const out: string[] = [];
-  for (const seg of path.split("/")) {
-    if (seg === "" || seg === ".") continue;
-    if (seg === "..") {
-      if (out.length > 0 && out[out.length - 1] !== "..") out.pop();
-      else if (!rooted) out.push("..");
-      continue;
-    }
-    out.push(seg);
-  }
-  const joined = (rooted ? "/" : "") + out.join("/");
-  return joined === "" ? "." : joined;
-}
-
 /** Go's `filepath.Join`: joins the non-empty parts and cleans the result. */
 function goJoin(...parts: string[]): string {
   const kept = parts.filter((p) => p !== "");
-  return kept.length === 0 ? "" : goClean(kept.join("/"));
+  return kept.length === 0 ? "" : cleanPath(kept.join("/"));
 }
 
 /**

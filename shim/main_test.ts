@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { TainerdError } from "../plugins/errdefs.ts";
-import { goClean, readAddress, socketAddress, socketPath, writeAddress } from "./address.ts";
+import { readAddress, socketAddress, socketPath, writeAddress } from "./address.ts";
+import { cleanPath as goClean } from "../diff/root_path.ts";
 import { decodeRuncOptions, readBundleOptions, writeBundleOptions } from "./container.ts";
 import { parseShimFlags } from "./main.ts";
 import { create, toBinary } from "@bufbuild/protobuf";
@@ -111,7 +112,7 @@ Deno.test("The bundle's address and options files round-trip", async () => {
   }
 });
 
-Deno.test("goClean() is Go's filepath.Clean", () => {
+Deno.test("the socket address cleans paths as Go's filepath.Clean", () => {
   const cases: [string, string][] = [
     ["", "."],
     ["/", "/"],

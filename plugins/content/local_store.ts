@@ -192,6 +192,28 @@ function fsError(context: string, err: unknown): TainerdError {
   return internal(`${context}: ${errorText(err)}`, { cause: err });
 }
 
+/** The offset a read asks for (negative: 0); InvalidArgument unless offset and size are integers. */
+function requestedOffset(options: ReadOptions, context: string): number {
+  const offset = options.offset ?? 0;
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(options.size ?? 0)) {
+    throw invalidArgument(`${context}: offset and size must be integers`);
+  }
+  return Math.max(offset, 0);
+}
+
+/**
+ * The bytes a read of `size` from `offset` gets from a blob of `blobSize` (0 or too much: up to
+ * the end); OutOfRange when `offset` lies past the end.
+ */
+function rangeSize(offset: number, size: number, blobSize: number, context: string): number {
+  if (offset > blobSize) {
+    throw outOfRange(
+      `${context}: offset ${offset} is past the end of the blob (${blobSize} bytes)`,
+    );
+  }
+  return size <= 0 || offset + size > blobSize ? blobSize - offset : size;
+}
+
 function checkSize(value: number, what: string, context: string): void {
   if (!Number.isSafeInteger(value) || value < 0) {
     throw invalidArgument(`${context}: ${what} must be a non-negative integer, got ${value}`);
@@ -384,12 +406,8 @@ export class LocalStore implements ContentStore {
   async read(digest: string, options: ReadOptions = {}): Promise<ReadableStream<Uint8Array>> {
     const path = this.blobPath(digest);
     const context = `Cannot read content ${digest}`;
-    let offset = options.offset ?? 0;
-    let size = options.size ?? 0;
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(size)) {
-      throw invalidArgument(`${context}: offset and size must be integers`);
-    }
-    if (offset < 0) offset = 0;
+    const offset = requestedOffset(options, context);
+    let size: number;
     let file: Deno.FsFile;
     try {
       file = await Deno.open(path, { read: true });
@@ -397,13 +415,7 @@ export class LocalStore implements ContentStore {
       throw fsError(context, err);
     }
     try {
-      const blobSize = (await file.stat()).size;
-      if (offset > blobSize) {
-        throw outOfRange(
-          `${context}: offset ${offset} is past the end of the blob (${blobSize} bytes)`,
-        );
-      }
-      if (size <= 0 || offset + size > blobSize) size = blobSize - offset;
+      size = rangeSize(offset, options.size ?? 0, (await file.stat()).size, context);
       if (offset > 0) await file.seek(offset, Deno.SeekMode.Start);
     } catch (err) {
       file.close();
@@ -460,12 +472,7 @@ export class LocalStore implements ContentStore {
   readSmallSync(digest: string, options: ReadOptions, limit: number): Uint8Array | null {
     const path = this.blobPath(digest);
     const context = `Cannot read content ${digest}`;
-    let offset = options.offset ?? 0;
-    let size = options.size ?? 0;
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(size)) {
-      throw invalidArgument(`${context}: offset and size must be integers`);
-    }
-    if (offset < 0) offset = 0;
+    const offset = requestedOffset(options, context);
     let file: Deno.FsFile;
     try {
       file = Deno.openSync(path, { read: true });
@@ -473,13 +480,7 @@ export class LocalStore implements ContentStore {
       throw fsError(context, err);
     }
     try {
-      const blobSize = file.statSync().size;
-      if (offset > blobSize) {
-        throw outOfRange(
-          `${context}: offset ${offset} is past the end of the blob (${blobSize} bytes)`,
-        );
-      }
-      if (size <= 0 || offset + size > blobSize) size = blobSize - offset;
+      const size = rangeSize(offset, options.size ?? 0, file.statSync().size, context);
       if (size > limit) return null;
       if (offset > 0) file.seekSync(offset, Deno.SeekMode.Start);
       const out = new Uint8Array(size);

@@ -213,17 +213,13 @@ export class H2Stream {
     if (this.#error) return;
     this.#error = err;
     this.localEnded = true;
-    this.#dropBuffered();
+    this.dropBuffered();
     this.#abort.abort(err);
     this.#wake();
   }
 
   /** @internal Gives back to the connection what was received and never read. */
   dropBuffered(): void {
-    this.#dropBuffered();
-  }
-
-  #dropBuffered(): void {
     if (this.#buffered > 0) this.#conn.consumed(this.#buffered);
     this.#buffered = 0;
     this.#chunks = [];
@@ -766,14 +762,18 @@ export class H2Connection {
     const n = data.length;
     if (n > this.#sendWindow || n > stream.sendWindow || this.#outBytes > 1 << 20) return false;
     for (let off = 0; off < n; off += this.#peerMaxFrame) {
-      const len = Math.min(this.#peerMaxFrame, n - off);
-      const f = frameHeader(len, T.DATA, 0, stream.id);
-      f.set(data.subarray(off, off + len), 9);
-      this.sendRaw(f);
+      this.#dataFrame(stream, data.subarray(off, off + Math.min(this.#peerMaxFrame, n - off)));
     }
-    this.#sendWindow -= n;
-    stream.sendWindow -= n;
     return true;
+  }
+
+  /** Queues one DATA frame of `chunk` (within the windows and the frame size), spending window. */
+  #dataFrame(stream: H2Stream, chunk: Uint8Array): void {
+    const f = frameHeader(chunk.length, T.DATA, 0, stream.id);
+    f.set(chunk, 9);
+    this.#sendWindow -= chunk.length;
+    stream.sendWindow -= chunk.length;
+    this.sendRaw(f);
   }
 
   /** @internal DATA frames for `data`, waiting for window as needed. */
@@ -793,12 +793,8 @@ export class H2Connection {
         await new Promise<void>((resolve) => this.#windowWaiters.push(resolve));
         continue;
       }
-      const f = frameHeader(n, T.DATA, 0, stream.id);
-      f.set(data.subarray(off, off + n), 9);
-      this.#sendWindow -= n;
-      stream.sendWindow -= n;
+      this.#dataFrame(stream, data.subarray(off, off + n));
       off += n;
-      this.sendRaw(f);
       if (this.#outBytes > 1 << 20) await this.#drained();
     }
   }
